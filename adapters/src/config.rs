@@ -1,0 +1,168 @@
+//! One typed configuration, read from environment variables, identical in Lambda and locally.
+//!
+//! The AWS endpoint is not part of it on purpose: `aws-config` reads `AWS_ENDPOINT_URL`
+//! itself, so pointing the SDK at the emulator is configuration, never a code path.
+
+use holdfast_shared::flags::Environment;
+use std::env;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("environment variable {0} is required")]
+    Missing(&'static str),
+    #[error("environment variable {name} is invalid: {reason}")]
+    Invalid { name: &'static str, reason: String },
+}
+
+/// Where the database is and how to authenticate.
+#[derive(Clone)]
+pub enum DatabaseSource {
+    /// A full connection URL (local runs, tests, CI jobs such as migrations).
+    Url(String),
+    /// In AWS: RDS Proxy host + database name; the credentials come from a Secrets Manager
+    /// secret read through SSM's `/aws/reference/secretsmanager/` bridge at cold start.
+    Secret { host: String, port: u16, dbname: String, secret_arn: String },
+}
+
+impl std::fmt::Debug for DatabaseSource {
+    // Never print a URL: it may carry a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Url(_) => f.write_str("Url(<redacted>)"),
+            Self::Secret { host, dbname, .. } => write!(f, "Secret {{ host: {host}, dbname: {dbname} }}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub environment: Environment,
+    pub database: DatabaseSource,
+    pub db_pool_size: usize,
+    pub ssm_prefix: String,
+    pub email_queue_url: Option<String>,
+    pub email_dlq_url: Option<String>,
+    pub metrics_namespace: String,
+    pub datadog_api_key_param: Option<String>,
+    pub datadog_api_url: Option<String>,
+    pub resend_api_key_param: Option<String>,
+    pub ses_from_address: Option<String>,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| env::var(k).ok())
+    }
+
+    /// Testable core: `get` is the variable lookup.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get_nonempty = |k: &str| get(k).filter(|v| !v.trim().is_empty());
+        let env_name = get_nonempty("HOLDFAST_ENV").ok_or(ConfigError::Missing("HOLDFAST_ENV"))?;
+        let environment = Environment::parse(&env_name).ok_or_else(|| ConfigError::Invalid {
+            name: "HOLDFAST_ENV",
+            reason: format!("expected dev, staging or prod, got {env_name:?}"),
+        })?;
+
+        let database = if let Some(url) = get_nonempty("DATABASE_URL") {
+            DatabaseSource::Url(url)
+        } else {
+            let host = get_nonempty("DATABASE_HOST").ok_or(ConfigError::Missing("DATABASE_URL or DATABASE_HOST"))?;
+            let dbname = get_nonempty("DATABASE_NAME").ok_or(ConfigError::Missing("DATABASE_NAME"))?;
+            let secret_arn =
+                get_nonempty("DATABASE_SECRET_ARN").ok_or(ConfigError::Missing("DATABASE_SECRET_ARN"))?;
+            let port = match get_nonempty("DATABASE_PORT") {
+                None => 5432,
+                Some(p) => p.parse().map_err(|_| ConfigError::Invalid {
+                    name: "DATABASE_PORT",
+                    reason: "not a port number".into(),
+                })?,
+            };
+            DatabaseSource::Secret { host, port, dbname, secret_arn }
+        };
+
+        let db_pool_size = match get_nonempty("DATABASE_POOL_SIZE") {
+            None => 4,
+            Some(v) => v.parse::<usize>().ok().filter(|n| (1..=256).contains(n)).ok_or(
+                ConfigError::Invalid { name: "DATABASE_POOL_SIZE", reason: "expected 1..=256".into() },
+            )?,
+        };
+
+        let ssm_prefix = get_nonempty("HOLDFAST_SSM_PREFIX")
+            .unwrap_or_else(|| format!("/holdfast/{}", environment.as_str()));
+        if !ssm_prefix.starts_with('/') || ssm_prefix.ends_with('/') {
+            return Err(ConfigError::Invalid {
+                name: "HOLDFAST_SSM_PREFIX",
+                reason: "must start with '/' and not end with '/'".into(),
+            });
+        }
+
+        Ok(Self {
+            environment,
+            database,
+            db_pool_size,
+            ssm_prefix,
+            email_queue_url: get_nonempty("EMAIL_QUEUE_URL"),
+            email_dlq_url: get_nonempty("EMAIL_DLQ_URL"),
+            metrics_namespace: get_nonempty("METRICS_NAMESPACE").unwrap_or_else(|| "Holdfast".into()),
+            datadog_api_key_param: get_nonempty("DATADOG_API_KEY_PARAM"),
+            datadog_api_url: get_nonempty("DATADOG_API_URL"),
+            resend_api_key_param: get_nonempty("RESEND_API_KEY_PARAM"),
+            ses_from_address: get_nonempty("SES_FROM_ADDRESS"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn cfg(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let m: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn environment_is_required_and_explicit() {
+        assert!(matches!(cfg(&[("DATABASE_URL", "postgres://x")]), Err(ConfigError::Missing("HOLDFAST_ENV"))));
+        assert!(matches!(
+            cfg(&[("HOLDFAST_ENV", "production"), ("DATABASE_URL", "postgres://x")]),
+            Err(ConfigError::Invalid { name: "HOLDFAST_ENV", .. })
+        ));
+    }
+
+    #[test]
+    fn defaults_derive_from_environment() {
+        let c = cfg(&[("HOLDFAST_ENV", "staging"), ("DATABASE_URL", "postgres://x")]).expect("valid");
+        assert_eq!(c.ssm_prefix, "/holdfast/staging");
+        assert_eq!(c.metrics_namespace, "Holdfast");
+        assert_eq!(c.db_pool_size, 4);
+    }
+
+    #[test]
+    fn secret_source_needs_all_parts_and_debug_redacts() {
+        assert!(cfg(&[("HOLDFAST_ENV", "prod"), ("DATABASE_HOST", "proxy")]).is_err());
+        let c = cfg(&[
+            ("HOLDFAST_ENV", "prod"),
+            ("DATABASE_HOST", "proxy"),
+            ("DATABASE_NAME", "holdfast"),
+            ("DATABASE_SECRET_ARN", "arn:aws:secretsmanager:eu-west-1:1:secret:db"),
+        ])
+        .expect("valid");
+        assert!(matches!(c.database, DatabaseSource::Secret { port: 5432, .. }));
+        let u = cfg(&[("HOLDFAST_ENV", "dev"), ("DATABASE_URL", "postgres://u:hunter2@h/db")]).expect("valid");
+        assert!(!format!("{u:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn bad_prefix_and_pool_size_are_refused() {
+        let base = [("HOLDFAST_ENV", "dev"), ("DATABASE_URL", "postgres://x")];
+        let mut v = base.to_vec();
+        v.push(("HOLDFAST_SSM_PREFIX", "holdfast/dev/"));
+        assert!(cfg(&v).is_err());
+        let mut v = base.to_vec();
+        v.push(("DATABASE_POOL_SIZE", "0"));
+        assert!(cfg(&v).is_err());
+    }
+}

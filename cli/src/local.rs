@@ -1,0 +1,52 @@
+//! The whole system on one machine: migrate, seed, then serve the HTTP functions on loopback
+//! through the API Gateway stand-in (and, as they land, feed the email sender from the
+//! emulator's SQS and tick the scheduled functions).
+
+use crate::gateway::{self, Handler, Routes};
+use crate::Res;
+use deadpool_postgres::Pool;
+use holdfast_adapters::config::Config;
+use holdfast_shared::ids::RestaurantId;
+use holdfast_shared::policy::BookingPolicy;
+use std::sync::Arc;
+
+/// The demo restaurant's fixed id (its tables come from `BookingPolicy::demo`).
+pub const DEMO_RESTAURANT: &str = "5d2c1f3e-0000-4000-8000-00000000d3e0";
+
+pub async fn pool(cfg: &Config) -> Result<Pool, Box<dyn std::error::Error + Send + Sync>> {
+    let sdk = holdfast_adapters::aws::sdk_config().await;
+    let ssm = aws_sdk_ssm::Client::new(&sdk);
+    Ok(holdfast_adapters::db::pool_from_config(cfg, &ssm).await?)
+}
+
+pub async fn seed_demo(pool: &Pool) -> Res {
+    let c = pool.get().await?;
+    let restaurant: RestaurantId = DEMO_RESTAURANT.parse()?;
+    holds_api::store::publish_policy(&c, restaurant, "Demo Bistro", &BookingPolicy::demo(1)).await?;
+    Ok(())
+}
+
+pub async fn run(listen: std::net::SocketAddr) -> Res {
+    let cfg = Config::from_env()?;
+    let pool = pool(&cfg).await?;
+    let n = holdfast_adapters::db::migrate(&pool).await?;
+    println!("migrated ({n} new)");
+    seed_demo(&pool).await?;
+
+    let holds = Arc::new(holds_api::build(&cfg).await?);
+    holds.verify_enforcement().await?;
+    let holds_handler: Handler = Arc::new(move |req| {
+        let holds = holds.clone();
+        Box::pin(async move { holds_api::api::handle(&holds, req).await })
+    });
+    let routes = Arc::new(Routes { routes: vec![("/restaurants", holds_handler.clone()), ("/holds", holds_handler)] });
+
+    println!("holdfast is running locally");
+    println!("  holds API      http://{listen}  (Authorization: Bearer dev:<you>)");
+    println!("  demo restaurant {DEMO_RESTAURANT}");
+    println!("try:");
+    println!("  curl -s -H 'Authorization: Bearer dev:alice' -H 'content-type: application/json' \\");
+    println!("       -d '{{\"party_size\":2,\"start\":\"2030-01-07T19:00:00Z\"}}' http://{listen}/restaurants/{DEMO_RESTAURANT}/quotes");
+    gateway::serve(listen, routes).await?;
+    Ok(())
+}

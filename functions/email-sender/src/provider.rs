@@ -1,0 +1,394 @@
+//! Email providers: Amazon SES v2, Resend (HTTPS JSON API) and a local sink, behind one trait.
+//!
+//! Errors carry machine codes only (`ses_throttled`, `http_503`, …), never the provider's
+//! message: a provider may echo the recipient address back in its error text.
+
+use futures::future::BoxFuture;
+use holdfast_adapters::flags::FlagLoader;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::OnceCell;
+
+/// One email to send. Holds PII (the address, the bodies): its `Debug` redacts them.
+#[derive(Clone)]
+pub struct OutgoingEmail {
+    pub to: String,
+    pub from: String,
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+    /// The job's dedupe key; passed to providers that support idempotency keys.
+    pub idempotency_key: String,
+}
+
+impl std::fmt::Debug for OutgoingEmail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutgoingEmail").field("idempotency_key", &self.idempotency_key).finish_non_exhaustive()
+    }
+}
+
+/// Why a send failed. The code is a valid event code (`[a-z][a-z0-9_.]*`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// Worth retrying: throttling, 5xx, timeouts, the provider unreachable, account-level
+    /// problems that an operator fixes before redriving the DLQ.
+    #[error("transient: {0}")]
+    Transient(String),
+    /// Retrying cannot help: invalid address, validation errors, unknown booking.
+    #[error("permanent: {0}")]
+    Permanent(String),
+}
+
+impl SendError {
+    pub fn transient(code: &str) -> Self {
+        Self::Transient(code.to_string())
+    }
+    pub fn permanent(code: &str) -> Self {
+        Self::Permanent(code.to_string())
+    }
+    pub fn code(&self) -> &str {
+        match self {
+            Self::Transient(c) | Self::Permanent(c) => c,
+        }
+    }
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Transient(_))
+    }
+}
+
+/// The provider accepted the email.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub provider: &'static str,
+    pub message_id: Option<String>,
+}
+
+pub trait EmailProvider: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn send<'a>(&'a self, email: &'a OutgoingEmail) -> BoxFuture<'a, Result<Receipt, SendError>>;
+}
+
+/// A cheap syntactic check; the provider has the last word. Refuses what would make a header
+/// or a URL misbehave, and obvious non-addresses.
+pub fn plausible_address(addr: &str) -> bool {
+    let Some((local, domain)) = addr.rsplit_once('@') else { return false };
+    !local.is_empty()
+        && local.len() <= 64
+        && addr.len() <= 254
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !addr.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | ',' | ';' | '"'))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Amazon SES v2
+
+pub struct SesProvider {
+    client: aws_sdk_sesv2::Client,
+}
+
+impl SesProvider {
+    pub fn new(client: aws_sdk_sesv2::Client) -> Self {
+        Self { client }
+    }
+
+    async fn send_inner(&self, e: &OutgoingEmail) -> Result<Receipt, SendError> {
+        use aws_sdk_sesv2::types::{Body, Content, Destination, EmailContent, Message};
+        let content = |data: &str| {
+            Content::builder().data(data).charset("UTF-8").build().map_err(|_| SendError::permanent("render_invalid"))
+        };
+        let message = Message::builder()
+            .subject(content(&e.subject)?)
+            .body(Body::builder().text(content(&e.text)?).html(content(&e.html)?).build())
+            .build();
+        let out = self
+            .client
+            .send_email()
+            .from_email_address(&e.from)
+            .destination(Destination::builder().to_addresses(&e.to).build())
+            .content(EmailContent::builder().simple(message).build())
+            .send()
+            .await
+            .map_err(classify_ses)?;
+        Ok(Receipt { provider: "ses", message_id: out.message_id })
+    }
+}
+
+impl EmailProvider for SesProvider {
+    fn name(&self) -> &'static str {
+        "ses"
+    }
+    fn send<'a>(&'a self, email: &'a OutgoingEmail) -> BoxFuture<'a, Result<Receipt, SendError>> {
+        Box::pin(self.send_inner(email))
+    }
+}
+
+type SesSendError = aws_sdk_sesv2::error::SdkError<
+    aws_sdk_sesv2::operation::send_email::SendEmailError,
+    aws_sdk_sesv2::config::http::HttpResponse,
+>;
+
+/// SES errors → transient/permanent.
+pub fn classify_ses(e: SesSendError) -> SendError {
+    use aws_sdk_sesv2::error::{ProvideErrorMetadata, SdkError};
+    use aws_sdk_sesv2::operation::send_email::SendEmailError as E;
+    match &e {
+        SdkError::TimeoutError(_) => SendError::transient("ses_timeout"),
+        SdkError::DispatchFailure(_) => SendError::transient("ses_unreachable"),
+        SdkError::ResponseError(_) => SendError::transient("ses_bad_response"),
+        SdkError::ServiceError(se) => {
+            let status = se.raw().status().as_u16();
+            match se.err() {
+                E::TooManyRequestsException(_) | E::LimitExceededException(_) => SendError::transient("ses_throttled"),
+                // Account/sender problems: every job fails until an operator fixes it; keep the
+                // jobs (DLQ, then redrive) rather than dropping them.
+                E::SendingPausedException(_) => SendError::transient("ses_sending_paused"),
+                E::AccountSuspendedException(_) => SendError::transient("ses_account_suspended"),
+                E::MailFromDomainNotVerifiedException(_) => SendError::transient("ses_sender_not_verified"),
+                E::MessageRejected(_) => SendError::permanent("ses_message_rejected"),
+                E::BadRequestException(_) => SendError::permanent("ses_bad_request"),
+                E::NotFoundException(_) => SendError::permanent("ses_not_found"),
+                other => match (status, other.code()) {
+                    (s, _) if s >= 500 => SendError::transient("ses_5xx"),
+                    (_, Some("Throttling" | "ThrottlingException" | "RequestTimeout")) => {
+                        SendError::transient("ses_throttled")
+                    }
+                    _ => SendError::permanent("ses_rejected"),
+                },
+            }
+        }
+        _ => SendError::transient("ses_error"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Resend
+
+pub const RESEND_DEFAULT_BASE_URL: &str = "https://api.resend.com";
+
+/// An API key: never printed.
+#[derive(Clone)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+#[derive(Debug)]
+pub struct ResendProvider {
+    http: reqwest::Client,
+    base_url: String,
+    key: ApiKey,
+}
+
+impl ResendProvider {
+    pub fn new(base_url: &str, key: ApiKey) -> Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(8))
+            .build()
+            .map_err(|e| format!("http client: {e}"))?;
+        Ok(Self { http, base_url: base_url.trim_end_matches('/').to_string(), key })
+    }
+
+    /// Read the API key from an SSM SecureString (decrypted; never logged).
+    pub async fn from_ssm(ssm: &aws_sdk_ssm::Client, param: &str, base_url: &str) -> Result<Self, String> {
+        let out = ssm
+            .get_parameter()
+            .name(param)
+            .with_decryption(true)
+            .send()
+            .await
+            .map_err(|e| format!("reading the Resend API key parameter failed: {}", aws_sdk_ssm::error::DisplayErrorContext(&e)))?;
+        let value = out.parameter.and_then(|p| p.value).filter(|v| !v.trim().is_empty());
+        let key = value.ok_or_else(|| "the Resend API key parameter is empty".to_string())?;
+        Self::new(base_url, ApiKey::new(key.trim()))
+    }
+
+    async fn send_inner(&self, e: &OutgoingEmail) -> Result<Receipt, SendError> {
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            from: &'a str,
+            to: [&'a str; 1],
+            subject: &'a str,
+            html: &'a str,
+            text: &'a str,
+        }
+        #[derive(serde::Deserialize)]
+        struct Resp {
+            id: Option<String>,
+        }
+        let resp = self
+            .http
+            .post(format!("{}/emails", self.base_url))
+            .bearer_auth(&self.key.0)
+            .header("Idempotency-Key", &e.idempotency_key)
+            .json(&Body { from: &e.from, to: [&e.to], subject: &e.subject, html: &e.html, text: &e.text })
+            .send()
+            .await
+            .map_err(|err| {
+                if err.is_timeout() {
+                    SendError::transient("resend_timeout")
+                } else if err.is_connect() {
+                    SendError::transient("resend_unreachable")
+                } else {
+                    SendError::transient("resend_transport")
+                }
+            })?;
+        let status = resp.status().as_u16();
+        match status {
+            200..=299 => {
+                let id = resp.json::<Resp>().await.ok().and_then(|r| r.id);
+                Ok(Receipt { provider: "resend", message_id: id })
+            }
+            s => Err(classify_http("resend", s)),
+        }
+    }
+}
+
+/// HTTP status → transient/permanent, for HTTPS providers.
+pub fn classify_http(provider: &str, status: u16) -> SendError {
+    let code = format!("{provider}_http_{status}");
+    match status {
+        // Throttled; an idempotent request still in flight; request timeout.
+        429 | 409 | 408 => SendError::Transient(code),
+        // Bad or missing key: every job fails until an operator fixes it; keep them for redrive.
+        401 | 403 => SendError::Transient(code),
+        500..=599 => SendError::Transient(code),
+        // 400/404/422…: validation (invalid address, bad payload). Retrying cannot help.
+        _ => SendError::Permanent(code),
+    }
+}
+
+impl EmailProvider for ResendProvider {
+    fn name(&self) -> &'static str {
+        "resend"
+    }
+    fn send<'a>(&'a self, email: &'a OutgoingEmail) -> BoxFuture<'a, Result<Receipt, SendError>> {
+        Box::pin(self.send_inner(email))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Local sink
+
+/// Accepts everything and keeps only a count (benchmarks, local runs without a provider).
+#[derive(Debug, Default)]
+pub struct SinkProvider {
+    sent: AtomicU64,
+}
+
+impl SinkProvider {
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+}
+
+impl EmailProvider for SinkProvider {
+    fn name(&self) -> &'static str {
+        "sink"
+    }
+    fn send<'a>(&'a self, _email: &'a OutgoingEmail) -> BoxFuture<'a, Result<Receipt, SendError>> {
+        let n = self.sent.fetch_add(1, Ordering::Relaxed) + 1;
+        Box::pin(async move { Ok(Receipt { provider: "sink", message_id: Some(format!("sink-{n}")) }) })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Flag-selected provider
+
+/// Chooses SES or Resend per send from the `email.provider` flag, so switching providers is an
+/// approved flag change, not a deploy. Resend's key is read from SSM on first use only.
+pub struct FlagSelectedProvider {
+    flags: Arc<FlagLoader>,
+    ses: SesProvider,
+    resend_param: Option<String>,
+    resend_base_url: String,
+    ssm: aws_sdk_ssm::Client,
+    resend: OnceCell<ResendProvider>,
+}
+
+impl FlagSelectedProvider {
+    pub fn new(
+        flags: Arc<FlagLoader>,
+        ses: SesProvider,
+        ssm: aws_sdk_ssm::Client,
+        resend_param: Option<String>,
+        resend_base_url: String,
+    ) -> Self {
+        Self { flags, ses, resend_param, resend_base_url, ssm, resend: OnceCell::new() }
+    }
+
+    async fn send_inner(&self, e: &OutgoingEmail) -> Result<Receipt, SendError> {
+        let choice = self.flags.get().await.set.email_provider().to_string();
+        if choice != "resend" {
+            return self.ses.send(e).await;
+        }
+        let Some(param) = self.resend_param.as_deref() else {
+            return Err(SendError::transient("resend_unconfigured"));
+        };
+        let resend = self
+            .resend
+            .get_or_try_init(|| ResendProvider::from_ssm(&self.ssm, param, &self.resend_base_url))
+            .await
+            .map_err(|msg| {
+                tracing::error!(error = %msg, "Resend provider unavailable");
+                SendError::transient("resend_key_unavailable")
+            })?;
+        resend.send(e).await
+    }
+}
+
+impl EmailProvider for FlagSelectedProvider {
+    fn name(&self) -> &'static str {
+        "flag-selected"
+    }
+    fn send<'a>(&'a self, email: &'a OutgoingEmail) -> BoxFuture<'a, Result<Receipt, SendError>> {
+        Box::pin(self.send_inner(email))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_statuses_classify() {
+        for s in [429, 409, 408, 401, 403, 500, 502, 503] {
+            assert!(classify_http("resend", s).is_transient(), "{s}");
+        }
+        for s in [400, 404, 422] {
+            assert!(!classify_http("resend", s).is_transient(), "{s}");
+        }
+        assert_eq!(classify_http("resend", 503).code(), "resend_http_503");
+        assert!(holdfast_shared::events::is_valid_code(classify_http("resend", 422).code()));
+    }
+
+    #[test]
+    fn addresses_are_checked_and_secrets_redacted() {
+        assert!(plausible_address("jane.doe@example.com"));
+        for bad in ["", "jane", "@example.com", "jane@localhost", "a b@example.com", "x@y.com\r\nBcc: z@w.com", "a@b.", "<a@b.c>"] {
+            assert!(!plausible_address(bad), "{bad:?}");
+        }
+        assert_eq!(format!("{:?}", ApiKey::new("re_live_secret")), "ApiKey(<redacted>)");
+        let e = OutgoingEmail {
+            to: "jane@example.com".into(),
+            from: "b@example.com".into(),
+            subject: "s".into(),
+            text: "Jane".into(),
+            html: "Jane".into(),
+            idempotency_key: "k".into(),
+        };
+        assert!(!format!("{e:?}").contains("jane"));
+    }
+}

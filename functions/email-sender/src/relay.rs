@@ -1,0 +1,259 @@
+//! The outbox relay (EventBridge schedule, every minute): publishes due `email_outbox` rows to
+//! the email queue. A row is marked published only after SQS accepted it; a crash in between
+//! publishes it again and the sender's ledger absorbs the duplicate. While SQS is unreachable
+//! rows simply wait (the outage does not count against them); a row that SQS itself refuses
+//! ten times is marked dead (`dead_at`) and alarmed on.
+
+use crate::clock::Clock;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use holdfast_adapters::db::DbFault;
+use holdfast_shared::email::{self, EmailJob, MAX_SQS_DELAY_SECONDS};
+use holdfast_shared::events::{Code, EventContext, EventType, ObservabilityEvent, Operation, Outcome, Source};
+use holdfast_shared::ids::{BookingId, RestaurantId};
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// Rows dead after this many refusals by SQS (LESSONS: outbox rows dead after 10 attempts).
+pub const OUTBOX_MAX_ATTEMPTS: i32 = 10;
+/// Rows per page (one transaction, `FOR UPDATE SKIP LOCKED`, SQS batches of ten).
+const PAGE: i64 = 100;
+/// Pages per tick, so one run stays well inside the 50 s timeout.
+const MAX_PAGES: usize = 20;
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RelayReport {
+    pub published: usize,
+    /// Rows SQS refused this tick (attempts counted).
+    pub refused: usize,
+    pub dead: usize,
+    /// SQS could not be reached; the rows wait for the next tick.
+    pub sqs_unavailable: bool,
+}
+
+pub struct OutboxRelay {
+    pool: Pool,
+    sqs: aws_sdk_sqs::Client,
+    queue_url: String,
+    clock: Arc<dyn Clock>,
+}
+
+struct Row {
+    id: Uuid,
+    body: Option<String>,
+    delay: u32,
+    email_type: String,
+    booking_id: Option<Uuid>,
+    restaurant_id: Option<Uuid>,
+}
+
+enum Published {
+    Ok,
+    Refused(String),
+}
+
+impl OutboxRelay {
+    pub fn new(pool: Pool, sqs: aws_sdk_sqs::Client, queue_url: String, clock: Arc<dyn Clock>) -> Self {
+        Self { pool, sqs, queue_url, clock }
+    }
+
+    /// One tick: publish everything due (or due within SQS's 15-minute delay window).
+    pub async fn tick(&self) -> Result<RelayReport, DbFault> {
+        let mut report = RelayReport::default();
+        for _ in 0..MAX_PAGES {
+            let n = self.page(&mut report).await?;
+            if n < PAGE as usize || report.sqs_unavailable {
+                break;
+            }
+        }
+        if report.published > 0 || report.refused > 0 || report.sqs_unavailable {
+            tracing::info!(published = report.published, refused = report.refused, dead = report.dead, sqs_unavailable = report.sqs_unavailable, "outbox relay tick");
+        }
+        Ok(report)
+    }
+
+    async fn page(&self, report: &mut RelayReport) -> Result<usize, DbFault> {
+        let now = self.clock.now();
+        let horizon = now + chrono::Duration::seconds(i64::from(MAX_SQS_DELAY_SECONDS));
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let rows = tx
+            .query(
+                "SELECT id, payload, not_before, email_type, booking_id, restaurant_id FROM email_outbox
+                 WHERE published_at IS NULL AND dead_at IS NULL AND not_before <= $1
+                 ORDER BY not_before, created_at LIMIT $2
+                 FOR UPDATE SKIP LOCKED",
+                &[&horizon, &PAGE],
+            )
+            .await?;
+        let n = rows.len();
+        if n == 0 {
+            return Ok(0);
+        }
+        let rows: Vec<Row> = rows
+            .iter()
+            .map(|r| {
+                let payload: serde_json::Value = r.get(1);
+                let not_before: DateTime<Utc> = r.get(2);
+                let body = serde_json::from_value::<EmailJob>(payload).ok().and_then(|mut job| {
+                    if not_before > now {
+                        job.not_before = Some(not_before);
+                    }
+                    serde_json::to_string(&job).ok()
+                });
+                Row {
+                    id: r.get(0),
+                    body,
+                    delay: email::publish_delay_seconds(not_before, now),
+                    email_type: r.get(3),
+                    booking_id: r.get(4),
+                    restaurant_id: r.get(5),
+                }
+            })
+            .collect();
+
+        let mut results: Vec<(usize, Published)> = Vec::new();
+        for (i, row) in rows.iter().enumerate() {
+            if row.body.is_none() {
+                results.push((i, Published::Refused("invalid_payload".into())));
+            }
+        }
+        let sendable: Vec<usize> = (0..rows.len()).filter(|i| rows[*i].body.is_some()).collect();
+        let chunks: Vec<Vec<usize>> = sendable.chunks(10).map(<[usize]>::to_vec).collect();
+        for chunk in chunks {
+            match self.publish(&rows, chunk).await {
+                Ok(mut r) => results.append(&mut r),
+                Err(code) => {
+                    tracing::warn!(code = %code, "SQS unavailable; outbox rows wait for the next tick");
+                    report.sqs_unavailable = true;
+                    break;
+                }
+            }
+        }
+
+        let published: Vec<Uuid> =
+            results.iter().filter(|(_, p)| matches!(p, Published::Ok)).map(|(i, _)| rows[*i].id).collect();
+        let refused: Vec<(Uuid, String)> = results
+            .iter()
+            .filter_map(|(i, p)| match p {
+                Published::Refused(c) => Some((rows[*i].id, c.clone())),
+                Published::Ok => None,
+            })
+            .collect();
+        let attempted: std::collections::HashSet<Uuid> =
+            published.iter().copied().chain(refused.iter().map(|(id, _)| *id)).collect();
+        let waiting: Vec<Uuid> = rows.iter().map(|r| r.id).filter(|id| !attempted.contains(id)).collect();
+
+        if !published.is_empty() {
+            tx.execute(
+                "UPDATE email_outbox SET published_at = $2, last_error = NULL WHERE id = ANY($1)",
+                &[&published, &now],
+            )
+            .await?;
+        }
+        let mut events = Vec::new();
+        if !refused.is_empty() {
+            let ids: Vec<Uuid> = refused.iter().map(|(id, _)| *id).collect();
+            let codes: Vec<String> = refused.iter().map(|(_, c)| c.clone()).collect();
+            let dead_rows = tx
+                .query(
+                    "UPDATE email_outbox o SET attempts = o.attempts + 1, last_error = f.code,
+                         dead_at = CASE WHEN o.attempts + 1 >= $3 OR f.code = 'invalid_payload' THEN $4 END
+                     FROM unnest($1::uuid[], $2::text[]) AS f(id, code)
+                     WHERE o.id = f.id
+                     RETURNING o.id, o.dead_at IS NOT NULL, o.attempts",
+                    &[&ids, &codes, &OUTBOX_MAX_ATTEMPTS, &now],
+                )
+                .await?;
+            for r in dead_rows {
+                let id: Uuid = r.get(0);
+                let dead: bool = r.get(1);
+                let attempts: i32 = r.get(2);
+                let Some(row) = rows.iter().find(|x| x.id == id) else { continue };
+                let code = refused.iter().find(|(x, _)| *x == id).map(|(_, c)| c.as_str()).unwrap_or("sqs_refused");
+                events.push(relay_event(if dead { EventType::EmailDeadLettered } else { EventType::EmailRetried }, row, attempts, code));
+                if dead {
+                    report.dead += 1;
+                }
+            }
+        }
+        if !waiting.is_empty() && report.sqs_unavailable {
+            tx.execute(
+                "UPDATE email_outbox SET last_error = 'sqs_unavailable' WHERE id = ANY($1)",
+                &[&waiting],
+            )
+            .await?;
+            if let Some(first) = rows.iter().find(|r| r.id == waiting[0]) {
+                // One event per tick (not per row): the outage, not the rows, is the news.
+                events.push(relay_event(EventType::EmailRetried, first, 1, "sqs_unavailable"));
+            }
+        }
+        holdfast_adapters::events::record_batch(&tx, &events).await?;
+        tx.commit().await?;
+        report.published += published.len();
+        report.refused += refused.len();
+        Ok(n)
+    }
+
+    /// Publish one chunk (≤ 10) with `SendMessageBatch`. `Err(code)` when SQS could not be
+    /// reached or failed as a whole (nothing accepted); per-entry refusals are `Refused`.
+    async fn publish(&self, rows: &[Row], chunk: Vec<usize>) -> Result<Vec<(usize, Published)>, String> {
+        use aws_sdk_sqs::types::SendMessageBatchRequestEntry as Entry;
+        let mut entries = Vec::new();
+        for &i in &chunk {
+            let entry = Entry::builder()
+                .id(format!("r{i}"))
+                .message_body(rows[i].body.clone().unwrap_or_default())
+                .delay_seconds(i32::try_from(rows[i].delay).unwrap_or(0))
+                .build()
+                .map_err(|_| "sqs_entry_invalid".to_string())?;
+            entries.push(entry);
+        }
+        let out = self
+            .sqs
+            .send_message_batch()
+            .queue_url(&self.queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "SendMessageBatch failed");
+                "sqs_unavailable".to_string()
+            })?;
+        let index = |id: &str| id.strip_prefix('r').and_then(|n| n.parse::<usize>().ok());
+        let mut res = Vec::new();
+        for ok in &out.successful {
+            if let Some(i) = index(&ok.id) {
+                res.push((i, Published::Ok));
+            }
+        }
+        for f in &out.failed {
+            if let Some(i) = index(&f.id) {
+                let code = format!("sqs_{}", f.code.to_ascii_lowercase().replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
+                let code = if Code::parse(&code).is_ok() { code } else { "sqs_refused".into() };
+                res.push((i, Published::Refused(code)));
+            }
+        }
+        Ok(res)
+    }
+}
+
+fn relay_event(et: EventType, row: &Row, attempts: i32, code: &str) -> ObservabilityEvent {
+    let mut ctx = EventContext::new()
+        .operation(Operation::Relay)
+        .outcome(Outcome::Error)
+        .error_code_str(code)
+        .attempt(attempts.clamp(1, 50) as u8)
+        .max_attempts(OUTBOX_MAX_ATTEMPTS as u8);
+    if let Ok(c) = Code::parse(&row.email_type) {
+        ctx = ctx.email_type(c);
+    }
+    let mut ev = ObservabilityEvent::new(Source::OutboxRelay, et).context(ctx);
+    if let Some(b) = row.booking_id {
+        ev = ev.booking(BookingId(b));
+    }
+    if let Some(r) = row.restaurant_id {
+        ev = ev.restaurant(RestaurantId(r));
+    }
+    ev
+}

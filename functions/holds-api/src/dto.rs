@@ -1,0 +1,106 @@
+//! Request bodies as they arrive (deny unknown fields) and their parsed domain forms.
+//! Handlers never see raw strings for ids, times or money: `parse` turns DTOs into domain types.
+
+use chrono::{DateTime, Utc};
+use holdfast_adapters::http::Problem;
+use holdfast_shared::allocator::PartySize;
+use holdfast_shared::ids::{RestaurantId, TableId};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuoteBody {
+    pub party_size: u16,
+    pub start: DateTime<Utc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HoldBody {
+    pub restaurant_id: RestaurantId,
+    pub party_size: u16,
+    pub start: DateTime<Utc>,
+    /// The tables a quote chose; omitted → the service quotes now.
+    #[serde(default)]
+    pub table_ids: Option<Vec<TableId>>,
+    /// The policy hash the quote was made under (informational: a hold always uses the
+    /// current policy; a mismatch is recorded).
+    #[serde(default)]
+    pub policy_hash: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmBody {
+    pub guest: GuestBody,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestBody {
+    pub name: String,
+    pub email: String,
+    #[serde(default)]
+    pub phone: Option<String>,
+    #[serde(default)]
+    pub notes: Option<String>,
+}
+
+/// Guest details, validated. PII: stored in `bookings` only, never logged or put in events.
+#[derive(Clone)]
+pub struct Guest {
+    pub name: String,
+    pub email: String,
+    pub phone: Option<String>,
+    pub notes: Option<String>,
+}
+
+impl std::fmt::Debug for Guest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Guest(<redacted>)")
+    }
+}
+
+impl GuestBody {
+    pub fn parse(self) -> Result<Guest, Problem> {
+        let name = self.name.trim().to_string();
+        if name.is_empty() || name.chars().count() > 200 {
+            return Err(Problem::validation("guest.name", "must be 1 to 200 characters"));
+        }
+        let email = self.email.trim().to_string();
+        let valid_email = email.len() <= 254
+            && email.split_once('@').is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !d.starts_with('.') && !d.ends_with('.'))
+            && !email.chars().any(char::is_whitespace);
+        if !valid_email {
+            return Err(Problem::validation("guest.email", "must be an email address"));
+        }
+        let phone = match self.phone.map(|p| p.trim().to_string()).filter(|p| !p.is_empty()) {
+            None => None,
+            Some(p) if p.len() <= 32 && p.chars().all(|c| c.is_ascii_digit() || " +-()".contains(c)) => Some(p),
+            Some(_) => return Err(Problem::validation("guest.phone", "must be digits, spaces and + - ( ) (at most 32)")),
+        };
+        let notes = match self.notes.map(|n| n.trim().to_string()).filter(|n| !n.is_empty()) {
+            Some(n) if n.chars().count() > 1000 => {
+                return Err(Problem::validation("guest.notes", "must be at most 1000 characters"));
+            }
+            other => other,
+        };
+        Ok(Guest { name, email, phone, notes })
+    }
+}
+
+pub fn party(field: &str, n: u16) -> Result<PartySize, Problem> {
+    PartySize::new(n).map_err(|e| Problem::validation(field, e.to_string()))
+}
+
+/// A table list from a quote: non-empty, no duplicates, at most 8.
+pub fn table_list(ids: Vec<TableId>) -> Result<Vec<TableId>, Problem> {
+    let mut v = ids;
+    v.sort();
+    let before = v.len();
+    v.dedup();
+    if v.is_empty() || v.len() > 8 || v.len() != before {
+        return Err(Problem::validation("table_ids", "must list 1 to 8 distinct tables"));
+    }
+    Ok(v)
+}
