@@ -12,6 +12,37 @@ pub enum HoldsCmd {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Benchmark hold throughput through the handler vs pgbench running the same SQL.
+    Bench {
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+    /// Drive N concurrent quote → hold → confirm flows against a holds API and summarise.
+    Rush {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Bearer token (the local gateway accepts `dev:<name>`).
+        #[arg(long, default_value = "dev:rush")]
+        token: String,
+        #[arg(long, default_value = crate::local::DEMO_RESTAURANT)]
+        restaurant: String,
+        #[arg(long, default_value_t = 1000)]
+        flows: usize,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Distinct half-hour start times competed for (fewer = more conflicts).
+        #[arg(long, default_value_t = 8)]
+        slots: usize,
+        #[arg(long, default_value_t = 2)]
+        party: u16,
+        /// First start time (RFC 3339); defaults to 19:00 UTC a week from today.
+        #[arg(long)]
+        start: Option<chrono::DateTime<chrono::Utc>>,
+    },
 }
 
 pub async fn run(cmd: HoldsCmd) -> Res {
@@ -28,6 +59,50 @@ pub async fn run(cmd: HoldsCmd) -> Res {
                 r.repaired,
                 r.unrepairable
             );
+            Ok(())
+        }
+        HoldsCmd::Bench { seconds, clients, rounds } => {
+            crate::holds_bench::run(crate::holds_bench::BenchArgs { seconds, clients, rounds }).await
+        }
+        HoldsCmd::Rush { url, token, restaurant, flows, concurrency, slots, party, start } => {
+            let start = start.unwrap_or_else(|| {
+                let day = (chrono::Utc::now() + chrono::Duration::days(7)).date_naive();
+                day.and_hms_opt(19, 0, 0).map(|t| t.and_utc()).unwrap_or_else(chrono::Utc::now)
+            });
+            let s = crate::rush::run(crate::rush::RushArgs {
+                base_url: url.trim_end_matches('/').to_string(),
+                token,
+                restaurant,
+                flows,
+                concurrency,
+                slots,
+                party,
+                start,
+            })
+            .await?;
+            println!("rush summary ({} flows, concurrency {concurrency}, {:.1} s)", s.flows, s.elapsed.as_secs_f64());
+            println!("  holds won {} / lost (409) {} / confirmed {}", s.holds_won, s.holds_lost, s.confirmed);
+            println!("  5xx responses {} / transport errors {}", s.server_errors, s.transport_errors);
+            let (p50, p95, p99) = s.hold_latency_ms;
+            println!("  hold latency ms  p50 {p50:.1}  p95 {p95:.1}  p99 {p99:.1}");
+            let (p50, p95, p99) = s.all_latency_ms;
+            println!("  all requests ms  p50 {p50:.1}  p95 {p95:.1}  p99 {p99:.1}");
+            match Config::from_env() {
+                Ok(cfg) => {
+                    let pool = crate::local::pool(&cfg).await?;
+                    let (overlaps, published, pending, events) = crate::rush::database_figures(&pool).await?;
+                    println!("  double bookings found by SQL: {overlaps}");
+                    println!("  email outbox: published {published}, pending {pending}");
+                    println!("  observability events recorded: {events}");
+                    if overlaps > 0 {
+                        return Err("double booking detected".into());
+                    }
+                }
+                Err(_) => println!("  (set DATABASE_URL/HOLDFAST_ENV to check double bookings by SQL)"),
+            }
+            if s.server_errors > 0 {
+                return Err(format!("{} server errors", s.server_errors).into());
+            }
             Ok(())
         }
     }

@@ -39,7 +39,10 @@ pub async fn run(listen: std::net::SocketAddr) -> Res {
         let holds = holds.clone();
         Box::pin(async move { holds_api::api::handle(&holds, req).await })
     });
-    let routes = Arc::new(Routes { routes: vec![("/restaurants", holds_handler.clone()), ("/holds", holds_handler)] });
+    let flags = crate::flags_cmd::local_handler(&cfg).await?; // flag approver, under /flags
+    let routes = Arc::new(Routes {
+        routes: vec![("/restaurants", holds_handler.clone()), ("/holds", holds_handler), ("/flags", flags)],
+    });
 
     println!("holdfast is running locally");
     println!("  holds API      http://{listen}  (Authorization: Bearer dev:<you>)");

@@ -3,9 +3,11 @@
 mod email_cmd;
 mod flags_cmd;
 mod gateway;
+mod holds_bench;
 mod holds_cmd;
 mod local;
 mod metrics_cmd;
+mod rush;
 
 use clap::{Parser, Subcommand};
 use holdfast_adapters::config::Config;
@@ -50,7 +52,7 @@ enum Cmd {
     },
 }
 
-type Res = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+type Res<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 #[tokio::main]
 async fn main() -> Res {

@@ -52,12 +52,8 @@ pub const SERIES_KEYS: &[&str] = &[
 ];
 
 /// Runbook files an alert may link to (written by the lead).
-pub const RUNBOOK_FILES: &[&str] = &[
-    "docs/runbooks/holds.md",
-    "docs/runbooks/email.md",
-    "docs/runbooks/metrics.md",
-    "docs/runbooks/feature-flags.md",
-];
+pub const RUNBOOK_FILES: &[&str] =
+    &["docs/runbooks/holds.md", "docs/runbooks/email.md", "docs/runbooks/metrics.md", "docs/runbooks/feature-flags.md"];
 
 /// The hold/confirm availability SLO: 99.5 % of requests without a server fault over 30 days.
 /// Conflicts and rejections are correct answers and do not count against it.
@@ -108,9 +104,7 @@ impl Signal {
     pub fn keys(&self) -> Vec<&'static str> {
         match *self {
             Signal::Value { key } | Signal::WindowSum { key, .. } => vec![key],
-            Signal::BurnRate {
-                errors, requests, ..
-            } => vec![errors, requests],
+            Signal::BurnRate { errors, requests, .. } => vec![errors, requests],
         }
     }
 }
@@ -187,27 +181,20 @@ pub static ALERT_RULES: &[AlertRule] = &[
         title: "Hold latency p95 above 800 ms (3 of 5 minutes)",
         severity: AlertSeverity::Ticket,
         runbook: "docs/runbooks/holds.md#latency",
-        signal: Signal::Value {
-            key: keys::LATENCY_P95_HOLD,
-        },
+        signal: Signal::Value { key: keys::LATENCY_P95_HOLD },
         fire_above: 800.0,
         clear_at_or_below: 600.0,
         datapoints_to_fire: 3,
         evaluation_minutes: 5,
         minutes_to_clear: 5,
-        volume_gate: Some(VolumeGate {
-            key: keys::REQUESTS_HOLD,
-            min: 5.0,
-        }),
+        volume_gate: Some(VolumeGate { key: keys::REQUESTS_HOLD, min: 5.0 }),
     },
     AlertRule {
         id: "email-dlq-not-empty",
         title: "Email dead-letter queue not empty (2 of 2 minutes)",
         severity: AlertSeverity::Ticket,
         runbook: "docs/runbooks/email.md#dlq-not-empty",
-        signal: Signal::Value {
-            key: keys::DLQ_DEPTH,
-        },
+        signal: Signal::Value { key: keys::DLQ_DEPTH },
         fire_above: 0.0,
         clear_at_or_below: 0.0,
         datapoints_to_fire: 2,
@@ -220,9 +207,7 @@ pub static ALERT_RULES: &[AlertRule] = &[
         title: "Outbox lag above 5 minutes (3 of 5 minutes)",
         severity: AlertSeverity::Page,
         runbook: "docs/runbooks/email.md#outbox-lag",
-        signal: Signal::Value {
-            key: keys::OUTBOX_LAG_SECONDS,
-        },
+        signal: Signal::Value { key: keys::OUTBOX_LAG_SECONDS },
         fire_above: 300.0,
         clear_at_or_below: 120.0,
         datapoints_to_fire: 3,
@@ -235,10 +220,7 @@ pub static ALERT_RULES: &[AlertRule] = &[
         title: "More than 10 metadata rejects in 15 minutes",
         severity: AlertSeverity::Ticket,
         runbook: "docs/runbooks/holds.md#metadata-rejects",
-        signal: Signal::WindowSum {
-            key: keys::METADATA_REJECTS,
-            minutes: 15,
-        },
+        signal: Signal::WindowSum { key: keys::METADATA_REJECTS, minutes: 15 },
         fire_above: 10.0,
         clear_at_or_below: 3.0,
         datapoints_to_fire: 2,
@@ -251,10 +233,7 @@ pub static ALERT_RULES: &[AlertRule] = &[
         title: "More than 3 policy-drift failures in 15 minutes",
         severity: AlertSeverity::Ticket,
         runbook: "docs/runbooks/holds.md#policy-drift",
-        signal: Signal::WindowSum {
-            key: keys::POLICY_DRIFT_FAILED,
-            minutes: 15,
-        },
+        signal: Signal::WindowSum { key: keys::POLICY_DRIFT_FAILED, minutes: 15 },
         fire_above: 3.0,
         clear_at_or_below: 0.0,
         datapoints_to_fire: 1,
@@ -267,10 +246,7 @@ pub static ALERT_RULES: &[AlertRule] = &[
         title: "Cold-start check found the no-double-booking constraint missing",
         severity: AlertSeverity::Page,
         runbook: "docs/runbooks/holds.md#strict-verify-failed",
-        signal: Signal::WindowSum {
-            key: keys::STRICT_CONSTRAINT_MISSING,
-            minutes: 5,
-        },
+        signal: Signal::WindowSum { key: keys::STRICT_CONSTRAINT_MISSING, minutes: 5 },
         fire_above: 0.0,
         clear_at_or_below: 0.0,
         datapoints_to_fire: 1,
@@ -283,10 +259,7 @@ pub static ALERT_RULES: &[AlertRule] = &[
         title: "Contradictory feature-flag combination detected",
         severity: AlertSeverity::Ticket,
         runbook: "docs/runbooks/feature-flags.md#contradictions",
-        signal: Signal::WindowSum {
-            key: keys::FLAG_CONTRADICTIONS,
-            minutes: 5,
-        },
+        signal: Signal::WindowSum { key: keys::FLAG_CONTRADICTIONS, minutes: 5 },
         fire_above: 0.0,
         clear_at_or_below: 0.0,
         datapoints_to_fire: 1,
@@ -365,14 +338,7 @@ fn signal_value(signal: &Signal, series: &[BTreeMap<String, f64>], i: usize) -> 
     match *signal {
         Signal::Value { key } => series[i].get(key).copied(),
         Signal::WindowSum { key, minutes } => Some(window_sum(series, i, key, minutes)),
-        Signal::BurnRate {
-            errors,
-            requests,
-            slo,
-            long_minutes,
-            short_minutes,
-            min_requests,
-        } => {
+        Signal::BurnRate { errors, requests, slo, long_minutes, short_minutes, min_requests } => {
             let budget = 1.0 - slo;
             let burn = |minutes| {
                 let r = window_sum(series, i, requests, minutes);
@@ -394,9 +360,7 @@ pub fn signal_values(rule: &AlertRule, series: &[MinuteSample]) -> Vec<Option<f6
     let d = dense(series);
     (0..d.len())
         .map(|i| {
-            let gated = rule
-                .volume_gate
-                .is_some_and(|g| d[i].get(g.key).copied().unwrap_or(0.0) < g.min);
+            let gated = rule.volume_gate.is_some_and(|g| d[i].get(g.key).copied().unwrap_or(0.0) < g.min);
             if gated {
                 None
             } else {
@@ -432,14 +396,10 @@ pub fn backtest(rule: &AlertRule, series: &[MinuteSample]) -> BacktestReport {
                 firing = true;
                 recovering_run = 0;
                 report.fired += 1;
-                if last_clear.is_some_and(|c| minute - c <= Duration::minutes(FLAP_WINDOW_MINUTES))
-                {
+                if last_clear.is_some_and(|c| minute - c <= Duration::minutes(FLAP_WINDOW_MINUTES)) {
                     report.flaps += 1;
                 }
-                report.transitions.push(Transition {
-                    minute,
-                    firing: true,
-                });
+                report.transitions.push(Transition { minute, firing: true });
             }
         } else {
             let recovering = v.is_none_or(|v| v <= rule.clear_at_or_below);
@@ -449,10 +409,7 @@ pub fn backtest(rule: &AlertRule, series: &[MinuteSample]) -> BacktestReport {
                 // Start the next M-of-N evaluation from scratch: old breaches are spent.
                 recent.clear();
                 last_clear = Some(minute);
-                report.transitions.push(Transition {
-                    minute,
-                    firing: false,
-                });
+                report.transitions.push(Transition { minute, firing: false });
             }
         }
         if firing {
@@ -464,10 +421,7 @@ pub fn backtest(rule: &AlertRule, series: &[MinuteSample]) -> BacktestReport {
 
 /// Backtests every rule in [`ALERT_RULES`].
 pub fn backtest_all(series: &[MinuteSample]) -> Vec<(&'static str, BacktestReport)> {
-    ALERT_RULES
-        .iter()
-        .map(|r| (r.id, backtest(r, series)))
-        .collect()
+    ALERT_RULES.iter().map(|r| (r.id, backtest(r, series))).collect()
 }
 
 /// Builds a minute's sample from the aggregator's output for that minute (plus gauges), so a
@@ -488,9 +442,7 @@ pub fn minute_sample_from_data(minute: DateTime<Utc>, data: &[MetricDatum]) -> M
                     add(keys::REQUESTS_HOLD, *v);
                 }
             }
-            (DatumValue::Sum(v), names::ERRORS) if hold_confirm => {
-                add(keys::ERRORS_HOLD_CONFIRM, *v)
-            }
+            (DatumValue::Sum(v), names::ERRORS) if hold_confirm => add(keys::ERRORS_HOLD_CONFIRM, *v),
             (DatumValue::Sum(v), names::DLQ_DEPTH) => add(keys::DLQ_DEPTH, *v),
             (DatumValue::Sum(v), names::OUTBOX_LAG_SECONDS) => add(keys::OUTBOX_LAG_SECONDS, *v),
             (DatumValue::Sum(v), names::METADATA_REJECTS) => add(keys::METADATA_REJECTS, *v),
@@ -544,8 +496,7 @@ pub enum SeriesError {
 /// Parses and validates a recorded series; returns the samples sorted by minute. Unknown keys
 /// are errors, not ignored: a typo would otherwise make a rule look silent.
 pub fn load_series(json: &str) -> Result<Vec<MinuteSample>, SeriesError> {
-    let file: SeriesFile =
-        serde_json::from_str(json).map_err(|e| SeriesError::Json(e.to_string()))?;
+    let file: SeriesFile = serde_json::from_str(json).map_err(|e| SeriesError::Json(e.to_string()))?;
     if file.version != SERIES_FORMAT_VERSION {
         return Err(SeriesError::Version(file.version));
     }
@@ -560,16 +511,10 @@ pub fn load_series(json: &str) -> Result<Vec<MinuteSample>, SeriesError> {
         }
         for (k, v) in &s.metrics {
             if !SERIES_KEYS.contains(&k.as_str()) {
-                return Err(SeriesError::UnknownKey {
-                    minute: s.minute,
-                    key: k.clone(),
-                });
+                return Err(SeriesError::UnknownKey { minute: s.minute, key: k.clone() });
             }
             if *v < 0.0 {
-                return Err(SeriesError::Negative {
-                    minute: s.minute,
-                    key: k.clone(),
-                });
+                return Err(SeriesError::Negative { minute: s.minute, key: k.clone() });
             }
         }
     }

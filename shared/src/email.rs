@@ -317,7 +317,11 @@ pub fn render_booking(email_type: EmailType, v: &BookingView) -> Option<Rendered
         ),
         EmailType::BookingCancelled => (
             format!("Your booking at {restaurant} is cancelled"),
-            vec![greeting, format!("Your booking for {party} on {when} at {restaurant} has been cancelled."), reference],
+            vec![
+                greeting,
+                format!("Your booking for {party} on {when} at {restaurant} has been cancelled."),
+                reference,
+            ],
         ),
         EmailType::Reminder => (
             format!("Reminder: your table at {restaurant}"),
@@ -386,9 +390,15 @@ mod tests {
         assert_eq!(plan_deferral(Some(now), now, 900), Deferral::Due);
         assert_eq!(plan_deferral(Some(now - chrono::Duration::seconds(5)), now, 900), Deferral::Due);
         let forty = now + chrono::Duration::minutes(40);
-        assert_eq!(plan_deferral(Some(forty), now, 900), Deferral::Requeue { delay_seconds: 900, remaining_seconds: 2400 });
+        assert_eq!(
+            plan_deferral(Some(forty), now, 900),
+            Deferral::Requeue { delay_seconds: 900, remaining_seconds: 2400 }
+        );
         // Hop caps above SQS's limit are clamped.
-        assert_eq!(plan_deferral(Some(forty), now, 5000), Deferral::Requeue { delay_seconds: 900, remaining_seconds: 2400 });
+        assert_eq!(
+            plan_deferral(Some(forty), now, 5000),
+            Deferral::Requeue { delay_seconds: 900, remaining_seconds: 2400 }
+        );
         assert_eq!(plan_deferral(Some(forty), now, 0), Deferral::Requeue { delay_seconds: 1, remaining_seconds: 2400 });
         // 500 ms left rounds up to one second rather than sending early.
         let soon = now + chrono::Duration::milliseconds(500);
@@ -448,7 +458,11 @@ mod tests {
 
     #[test]
     fn drift_notice_renders() {
-        let r = render_drift(&DriftView { restaurant_id: RestaurantId::new_random(), restaurant_name: "A&B".into(), policy_version: 7 });
+        let r = render_drift(&DriftView {
+            restaurant_id: RestaurantId::new_random(),
+            restaurant_name: "A&B".into(),
+            policy_version: 7,
+        });
         assert!(r.subject.contains("version 7") && r.text.contains("A&B") && r.html.contains("A&amp;B"));
     }
 
@@ -476,10 +490,7 @@ mod tests {
             EmailJob::for_booking(EmailType::BookingConfirmed, b).dedupe_key(),
             EmailJob::for_booking(EmailType::Reminder, b).dedupe_key()
         );
-        assert_ne!(
-            EmailJob::ops_policy_drift(r, 1).dedupe_key(),
-            EmailJob::ops_policy_drift(r, 2).dedupe_key()
-        );
+        assert_ne!(EmailJob::ops_policy_drift(r, 1).dedupe_key(), EmailJob::ops_policy_drift(r, 2).dedupe_key());
         for t in EmailType::ALL {
             assert_eq!(EmailType::parse(t.as_str()), Some(t));
         }

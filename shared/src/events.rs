@@ -115,11 +115,11 @@ impl EventType {
     pub fn default_severity(self) -> Severity {
         use EventType::*;
         match self {
-            QuoteCompleted | HoldCreated | HoldConflict | HoldConflictShadow | HoldReleased
-            | HoldConfirmed | EmailSent | EmailSkipped | FlagsChanged => Severity::Info,
+            QuoteCompleted | HoldCreated | HoldConflict | HoldConflictShadow | HoldReleased | HoldConfirmed
+            | EmailSent | EmailSkipped | FlagsChanged => Severity::Info,
             HoldMetadataRejected | PolicyDriftRecovered | EmailRetried => Severity::Warning,
-            HoldFailed | PolicyDriftFailed | EmailFailed | EmailDeadLettered
-            | FlagsContradiction | StrictVerifyFailed => Severity::Error,
+            HoldFailed | PolicyDriftFailed | EmailFailed | EmailDeadLettered | FlagsContradiction
+            | StrictVerifyFailed => Severity::Error,
         }
     }
 }
@@ -310,9 +310,7 @@ fn get_str<'a>(m: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
 
 /// An unsigned integer within `lo..=hi`; floats, negatives, strings and out-of-range drop.
 fn get_uint(m: &Map<String, Value>, key: &str, lo: u64, hi: u64) -> Option<u64> {
-    m.get(key)
-        .and_then(Value::as_u64)
-        .filter(|n| (lo..=hi).contains(n))
+    m.get(key).and_then(Value::as_u64).filter(|n| (lo..=hi).contains(n))
 }
 
 /// A UUID string. Re-serialised from the parsed value, so nothing but the UUID survives.
@@ -341,8 +339,7 @@ impl EventContext {
             attempt: get_uint(m, "attempt", 1, MAX_ATTEMPT.into()).and_then(to_u8),
             max_attempts: get_uint(m, "max_attempts", 1, MAX_ATTEMPT.into()).and_then(to_u8),
             strict_mode: get_str(m, "strict_mode").and_then(StrictMode::parse),
-            policy_version: get_uint(m, "policy_version", 0, i32::MAX as u64)
-                .and_then(|n| i32::try_from(n).ok()),
+            policy_version: get_uint(m, "policy_version", 0, i32::MAX as u64).and_then(|n| i32::try_from(n).ok()),
             table_count: get_uint(m, "table_count", 0, MAX_TABLE_COUNT.into()).and_then(to_u16),
             party_size: get_uint(m, "party_size", 1, MAX_PARTY_SIZE.into()).and_then(to_u16),
             email_type: get_str(m, "email_type").and_then(|s| Code::parse(s).ok()),
@@ -511,10 +508,7 @@ mod tests {
     fn assert_no_pii(out: &str) {
         let lower = out.to_lowercase();
         for p in PII {
-            assert!(
-                !lower.contains(&p.to_lowercase()),
-                "PII {p:?} survived in {out}"
-            );
+            assert!(!lower.contains(&p.to_lowercase()), "PII {p:?} survived in {out}");
         }
     }
 
@@ -526,34 +520,19 @@ mod tests {
             assert!(seen.insert(t.as_str()), "duplicate {t}");
         }
         assert_eq!(EventType::ALL.len(), 18);
-        assert_eq!(
-            EventType::parse("hold.conflict.shadow"),
-            Some(EventType::HoldConflictShadow)
-        );
+        assert_eq!(EventType::parse("hold.conflict.shadow"), Some(EventType::HoldConflictShadow));
         assert_eq!(EventType::parse("Hold.Created"), None);
         assert_eq!(Source::HoldsApi.as_str(), "holds-api");
-        assert_eq!(
-            Source::parse("metrics-aggregator"),
-            Some(Source::MetricsAggregator)
-        );
+        assert_eq!(Source::parse("metrics-aggregator"), Some(Source::MetricsAggregator));
         for s in Source::ALL {
             assert_eq!(Source::parse(s.as_str()), Some(*s));
         }
-        assert_eq!(
-            serde_json::to_value(Severity::Warning).ok(),
-            Some(json!("warning"))
-        );
+        assert_eq!(serde_json::to_value(Severity::Warning).ok(), Some(json!("warning")));
     }
 
     #[test]
     fn code_validation() {
-        for ok in [
-            "hold_conflict",
-            "http_503",
-            "provider.transient",
-            "e2e",
-            "a",
-        ] {
+        for ok in ["hold_conflict", "http_503", "provider.transient", "e2e", "a"] {
             assert!(is_valid_code(ok), "{ok}");
         }
         let long = "a".repeat(65);
@@ -657,24 +636,21 @@ mod tests {
             "party_size": 0, "table_count": 101
         }));
         assert!(out.is_empty(), "{out:?}");
-        let out =
-            sanitize_context(&json!({"attempt": 50, "duration_ms": 0, "rollout_percent": 100}));
+        let out = sanitize_context(&json!({"attempt": 50, "duration_ms": 0, "rollout_percent": 100}));
         assert_eq!(out.len(), 3);
     }
 
     #[test]
     fn event_builder_and_context_json() {
         let r = RestaurantId::new_random();
-        let ev = ObservabilityEvent::new(Source::HoldsApi, EventType::HoldConflict)
-            .restaurant(r)
-            .context(
-                EventContext::new()
-                    .operation(Operation::Hold)
-                    .outcome(Outcome::Conflict)
-                    .error_code_str("hold_conflict")
-                    .strict_mode(StrictMode::Enforced)
-                    .duration_ms(12),
-            );
+        let ev = ObservabilityEvent::new(Source::HoldsApi, EventType::HoldConflict).restaurant(r).context(
+            EventContext::new()
+                .operation(Operation::Hold)
+                .outcome(Outcome::Conflict)
+                .error_code_str("hold_conflict")
+                .strict_mode(StrictMode::Enforced)
+                .duration_ms(12),
+        );
         assert_eq!(ev.severity, Severity::Info);
         assert_eq!(ev.restaurant_id, Some(r));
         assert_eq!(
@@ -686,15 +662,11 @@ mod tests {
         let ctx = EventContext::new().error_code_str("jane.doe@example.com");
         assert_eq!(ctx.error_code, None);
         // Out-of-range values set directly on the struct do not reach the table.
-        let ctx = EventContext {
-            attempt: Some(0),
-            ..EventContext::default()
-        };
+        let ctx = EventContext { attempt: Some(0), ..EventContext::default() };
         assert!(ctx.to_json_map().is_empty());
         // Deserialising a stored context cleans it.
         let back: EventContext =
-            serde_json::from_value(json!({"operation": "send", "guest_name": "Jane Doe"}))
-                .unwrap_or_default();
+            serde_json::from_value(json!({"operation": "send", "guest_name": "Jane Doe"})).unwrap_or_default();
         assert_eq!(back, EventContext::new().operation(Operation::Send));
     }
 }

@@ -15,15 +15,13 @@ mod value;
 mod workflow;
 
 pub use doc::{render_flag_set_report, render_registry_markdown};
-pub use registry::{
-    approvals_required, lookup, names, DefaultValue, Defaults, FlagDef, SafetyClass, REGISTRY,
-};
+pub use registry::{approvals_required, lookup, names, DefaultValue, Defaults, FlagDef, SafetyClass, REGISTRY};
 pub use rules::{check, Rule, RuleViolation, Severity, RULES};
 pub use set::{FlagProblem, FlagSet, FlagSetError};
 pub use value::{FlagType, FlagValue, FlagValueError};
 pub use workflow::{
-    propose, validate_change, Actor, ActorError, ApprovalOutcome, ChangeRefused, Proposal,
-    ProposalStatus, WorkflowError, PROPOSAL_LIFETIME,
+    propose, validate_change, Actor, ActorError, ApprovalOutcome, ChangeRefused, Proposal, ProposalStatus,
+    WorkflowError, PROPOSAL_LIFETIME,
 };
 
 use serde::{Deserialize, Serialize};
@@ -63,8 +61,7 @@ impl Environment {
 impl std::str::FromStr for Environment {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::parse(s)
-            .ok_or_else(|| format!("unknown environment `{s}` (expected dev, staging or prod)"))
+        Self::parse(s).ok_or_else(|| format!("unknown environment `{s}` (expected dev, staging or prod)"))
     }
 }
 
@@ -152,7 +149,7 @@ mod tests {
     fn flag_name_from_parameter_rejects_foreign_names() {
         let prefix = "/holdfast/prod";
         for name in [
-            "/holdfast/staging/flags/holds.ttlSeconds", // other environment
+            "/holdfast/staging/flags/holds.ttlSeconds",    // other environment
             "/holdfast/production/flags/holds.ttlSeconds", // prefix is only a string prefix
             "/holdfast/prod/flags/",
             "/holdfast/prod/flags",

@@ -120,13 +120,7 @@ const fn def(
     dimensions: &'static [&'static str],
     description: &'static str,
 ) -> MetricDef {
-    MetricDef {
-        name,
-        unit,
-        kind,
-        dimensions,
-        description,
-    }
+    MetricDef { name, unit, kind, dimensions, description }
 }
 
 /// Every metric holdfast publishes. Dashboards, alarms and monitors may reference only these
@@ -223,14 +217,8 @@ pub const MODES: &[&str] = &["enforced", "shadow"];
 
 /// Email types (dimension `EmailType`); anything else is `other`.
 /// Exactly `crate::email::EmailType::ALL` (a test keeps them in step).
-pub const EMAIL_TYPES: &[&str] = &[
-    "request_received",
-    "booking_confirmed",
-    "booking_updated",
-    "booking_cancelled",
-    "reminder",
-    "ops_policy_drift",
-];
+pub const EMAIL_TYPES: &[&str] =
+    &["request_received", "booking_confirmed", "booking_updated", "booking_cancelled", "reminder", "ops_policy_drift"];
 
 #[cfg(test)]
 #[test]
@@ -263,14 +251,12 @@ pub const KNOWN_ERROR_CODES: &[&str] = &[
 
 /// Maps any error code to a bounded `ErrorCode` dimension value.
 pub fn bucket_error_code(code: Option<&str>) -> &'static str {
-    code.and_then(|c| KNOWN_ERROR_CODES.iter().copied().find(|k| *k == c))
-        .unwrap_or(OTHER)
+    code.and_then(|c| KNOWN_ERROR_CODES.iter().copied().find(|k| *k == c)).unwrap_or(OTHER)
 }
 
 /// Maps any email type to a bounded `EmailType` dimension value.
 pub fn bucket_email_type(t: Option<&str>) -> &'static str {
-    t.and_then(|c| EMAIL_TYPES.iter().copied().find(|k| *k == c))
-        .unwrap_or(OTHER)
+    t.and_then(|c| EMAIL_TYPES.iter().copied().find(|k| *k == c)).unwrap_or(OTHER)
 }
 
 fn operation_value(op: Option<Operation>) -> &'static str {
@@ -340,18 +326,12 @@ pub struct MetricDatum {
 impl MetricDatum {
     /// `key:value` Datadog tags of this datum (`env:prod`, `operation:hold`, …).
     pub fn datadog_tags(&self) -> Vec<String> {
-        self.dimensions
-            .iter()
-            .map(|(k, v)| format!("{}:{v}", datadog_tag_key(k)))
-            .collect()
+        self.dimensions.iter().map(|(k, v)| format!("{}:{v}", datadog_tag_key(k))).collect()
     }
 
     /// The dimension value for `name`, if present.
     pub fn dimension(&self, name: &str) -> Option<&str> {
-        self.dimensions
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.as_str())
+        self.dimensions.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
     }
 }
 
@@ -376,11 +356,7 @@ pub fn latency_distribution(values_ms: &[u64]) -> Vec<(Vec<f64>, Vec<f64>)> {
         // Bucket index → count; 0 ms gets its own bucket (log undefined).
         let mut buckets: BTreeMap<i64, u64> = BTreeMap::new();
         for (v, c) in &exact {
-            let idx = if *v == 0 {
-                -1
-            } else {
-                ((*v as f64).ln() / BUCKET_RATIO.ln()).floor() as i64
-            };
+            let idx = if *v == 0 { -1 } else { ((*v as f64).ln() / BUCKET_RATIO.ln()).floor() as i64 };
             *buckets.entry(idx).or_default() += c;
         }
         buckets
@@ -397,20 +373,13 @@ pub fn latency_distribution(values_ms: &[u64]) -> Vec<(Vec<f64>, Vec<f64>)> {
             })
             .collect()
     };
-    pairs
-        .chunks(MAX_VALUES_PER_DATUM)
-        .map(|chunk| chunk.iter().copied().unzip())
-        .collect()
+    pairs.chunks(MAX_VALUES_PER_DATUM).map(|chunk| chunk.iter().copied().unzip()).collect()
 }
 
 /// Nearest-rank percentile (`p` in 0..=100) of value/count pairs; `None` when empty.
 pub fn distribution_percentile(values: &[f64], counts: &[f64], p: f64) -> Option<f64> {
-    let mut pairs: Vec<(f64, f64)> = values
-        .iter()
-        .copied()
-        .zip(counts.iter().copied())
-        .filter(|(_, c)| *c > 0.0)
-        .collect();
+    let mut pairs: Vec<(f64, f64)> =
+        values.iter().copied().zip(counts.iter().copied()).filter(|(_, c)| *c > 0.0).collect();
     let total: f64 = pairs.iter().map(|(_, c)| c).sum();
     if total <= 0.0 {
         return None;
@@ -458,10 +427,7 @@ impl<'a> Acc<'a> {
 fn request_outcome(et: EventType, ctx: &EventContext) -> Option<(Option<Operation>, Outcome)> {
     use EventType::*;
     let (default_op, outcome) = match et {
-        QuoteCompleted => (
-            Some(Operation::Quote),
-            ctx.outcome.unwrap_or(Outcome::Success),
-        ),
+        QuoteCompleted => (Some(Operation::Quote), ctx.outcome.unwrap_or(Outcome::Success)),
         HoldCreated => (Some(Operation::Hold), Outcome::Success),
         HoldConfirmed => (Some(Operation::Confirm), Outcome::Success),
         HoldReleased => (Some(Operation::Release), Outcome::Success),
@@ -535,10 +501,7 @@ pub fn aggregate_window(
         for (values, counts) in latency_distribution(values) {
             out.push(MetricDatum {
                 name: names::LATENCY,
-                dimensions: vec![
-                    (dims::ENVIRONMENT, env.to_owned()),
-                    (dims::OPERATION, (*op).to_owned()),
-                ],
+                dimensions: vec![(dims::ENVIRONMENT, env.to_owned()), (dims::OPERATION, (*op).to_owned())],
                 unit: Unit::Milliseconds,
                 timestamp: window_start,
                 value: DatumValue::Distribution { values, counts },
@@ -577,10 +540,7 @@ fn accumulate(acc: &mut Acc<'_>, et: EventType, ctx: &EventContext) {
                 _ => None,
             };
             let code = ctx.error_code.as_ref().map(|c| c.as_str()).or(default_code);
-            acc.add(
-                names::ERRORS_BY_CODE,
-                Some((dims::ERROR_CODE, bucket_error_code(code))),
-            );
+            acc.add(names::ERRORS_BY_CODE, Some((dims::ERROR_CODE, bucket_error_code(code))));
             if is_cutoff(ctx) {
                 acc.add_op(names::CUTOFFS, opv);
             }
@@ -606,21 +566,13 @@ fn accumulate(acc: &mut Acc<'_>, et: EventType, ctx: &EventContext) {
     }
 
     let send = Operation::Send.as_str();
-    let email_type = || {
-        Some((
-            dims::EMAIL_TYPE,
-            bucket_email_type(ctx.email_type.as_ref().map(|c| c.as_str())),
-        ))
-    };
+    let email_type = || Some((dims::EMAIL_TYPE, bucket_email_type(ctx.email_type.as_ref().map(|c| c.as_str()))));
     match et {
         HoldConflictShadow => acc.add(names::CONFLICTS, Some((dims::MODE, "shadow"))),
         PolicyDriftRecovered => acc.add(names::POLICY_DRIFT_RECOVERED, None),
         PolicyDriftFailed => acc.add(names::POLICY_DRIFT_FAILED, None),
         FlagsContradiction => acc.add(names::FLAG_CONTRADICTIONS, None),
-        StrictVerifyFailed => acc.add(
-            names::ERRORS_BY_CODE,
-            Some((dims::ERROR_CODE, "strict_constraint_missing")),
-        ),
+        StrictVerifyFailed => acc.add(names::ERRORS_BY_CODE, Some((dims::ERROR_CODE, "strict_constraint_missing"))),
         EmailSent | EmailRetried | EmailFailed => {
             let name = match et {
                 EmailSent => names::EMAILS_SENT,
@@ -630,10 +582,7 @@ fn accumulate(acc: &mut Acc<'_>, et: EventType, ctx: &EventContext) {
             acc.add(name, email_type());
             if et != EmailSent {
                 let code = ctx.error_code.as_ref().map(|c| c.as_str());
-                acc.add(
-                    names::ERRORS_BY_CODE,
-                    Some((dims::ERROR_CODE, bucket_error_code(code))),
-                );
+                acc.add(names::ERRORS_BY_CODE, Some((dims::ERROR_CODE, bucket_error_code(code))));
             }
             if ctx.attempt.is_some_and(|a| a > 1) {
                 acc.add_op(names::RETRIES, send);
@@ -685,11 +634,7 @@ impl Gauge {
 /// A gauge datum. Non-finite or negative values become 0 because CloudWatch rejects the whole
 /// `PutMetricData` call on NaN/Infinity, and none of these levels can be negative.
 pub fn gauge(env: &str, gauge: Gauge, value: f64, ts: DateTime<Utc>) -> MetricDatum {
-    let value = if value.is_finite() && value > 0.0 {
-        value
-    } else {
-        0.0
-    };
+    let value = if value.is_finite() && value > 0.0 { value } else { 0.0 };
     MetricDatum {
         name: gauge.name(),
         dimensions: vec![(dims::ENVIRONMENT, env.to_owned())],
@@ -713,9 +658,7 @@ pub fn chunk_for_cloudwatch(data: &[MetricDatum]) -> Vec<Vec<&MetricDatum>> {
     let mut values = 0usize;
     for d in data {
         let weight = d.value.value_count().max(1);
-        if !current.is_empty()
-            && (current.len() >= MAX_DATUMS_PER_CALL || values + weight > MAX_VALUES_PER_CALL)
-        {
+        if !current.is_empty() && (current.len() >= MAX_DATUMS_PER_CALL || values + weight > MAX_VALUES_PER_CALL) {
             calls.push(std::mem::take(&mut current));
             values = 0;
         }

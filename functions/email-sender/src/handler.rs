@@ -199,11 +199,27 @@ impl EmailSender {
                 }
                 Ok(Err(ParseFault::Invalid)) => {
                     tracing::error!(message_id = %rec.message_id, "invalid email job dropped");
-                    events.push(event(EventType::EmailFailed, None, None, receive_count, Outcome::Rejected, Some("invalid_job"), None));
+                    events.push(event(
+                        EventType::EmailFailed,
+                        None,
+                        None,
+                        receive_count,
+                        Outcome::Rejected,
+                        Some("invalid_job"),
+                        None,
+                    ));
                 }
                 Ok(Err(ParseFault::Unsupported)) => {
                     tracing::warn!(message_id = %rec.message_id, "email job schema newer than this build; kept for retry");
-                    events.push(event(EventType::EmailRetried, None, None, receive_count, Outcome::Error, Some("schema_unsupported"), None));
+                    events.push(event(
+                        EventType::EmailRetried,
+                        None,
+                        None,
+                        receive_count,
+                        Outcome::Error,
+                        Some("schema_unsupported"),
+                        None,
+                    ));
                     failures.push(rec.message_id);
                 }
                 Ok(Ok((job, Deferral::Due))) => due.push((rec, job)),
@@ -240,7 +256,15 @@ impl EmailSender {
             if seen.insert(job.dedupe_key()) {
                 work.push((rec, job));
             } else {
-                events.push(event(EventType::EmailSkipped, Some(&job), None, rec.receive_count, Outcome::Success, Some("duplicate_in_batch"), None));
+                events.push(event(
+                    EventType::EmailSkipped,
+                    Some(&job),
+                    None,
+                    rec.receive_count,
+                    Outcome::Success,
+                    Some("duplicate_in_batch"),
+                    None,
+                ));
             }
         }
 
@@ -263,7 +287,15 @@ impl EmailSender {
             Err(e) => {
                 tracing::error!(error = %e, jobs = work.len(), "idempotency claim failed; batch will be retried");
                 for (rec, job) in &work {
-                    events.push(event(EventType::EmailRetried, Some(job), None, rec.receive_count, Outcome::Error, Some("db_unavailable"), None));
+                    events.push(event(
+                        EventType::EmailRetried,
+                        Some(job),
+                        None,
+                        rec.receive_count,
+                        Outcome::Error,
+                        Some("db_unavailable"),
+                        None,
+                    ));
                     failures.push(rec.message_id.clone());
                 }
                 self.store.record_events(&events).await;
@@ -278,15 +310,34 @@ impl EmailSender {
             match &row.state {
                 ClaimState::Claimed { .. } => sends.push((rec, job, row)),
                 ClaimState::AlreadySent => {
-                    events.push(event(EventType::EmailSkipped, Some(job), None, rec.receive_count, Outcome::Success, Some("already_sent"), None));
+                    events.push(event(
+                        EventType::EmailSkipped,
+                        Some(job),
+                        None,
+                        rec.receive_count,
+                        Outcome::Success,
+                        Some("already_sent"),
+                        None,
+                    ));
                 }
                 ClaimState::FailedPermanent => {
-                    events.push(event(EventType::EmailSkipped, Some(job), None, rec.receive_count, Outcome::Success, Some("already_failed"), None));
+                    events.push(event(
+                        EventType::EmailSkipped,
+                        Some(job),
+                        None,
+                        rec.receive_count,
+                        Outcome::Success,
+                        Some("already_failed"),
+                        None,
+                    ));
                 }
                 ClaimState::Busy { until } => {
                     // Another consumer is sending it now (or crashed mid-send): look again
                     // when its lease ends.
-                    let secs = until.map(|u| (u - now).num_seconds()).unwrap_or(0).clamp(1, self.settings.lease.num_seconds().max(1));
+                    let secs = until
+                        .map(|u| (u - now).num_seconds())
+                        .unwrap_or(0)
+                        .clamp(1, self.settings.lease.num_seconds().max(1));
                     tracing::info!(message_id = %rec.message_id, "job claimed by another consumer; retry after its lease");
                     failures.push(rec.message_id.clone());
                     if let Some(h) = &rec.receipt_handle {
@@ -310,16 +361,43 @@ impl EmailSender {
             let key = row.dedupe_key.clone();
             match outcome {
                 SendOutcome::Sent(receipt) => {
-                    events.push(event(EventType::EmailSent, Some(job), restaurant, n, Outcome::Success, None, Some(ms)));
-                    finishes.push((key, Finish::Sent { provider: receipt.provider.to_string(), message_id: receipt.message_id }));
+                    events.push(event(
+                        EventType::EmailSent,
+                        Some(job),
+                        restaurant,
+                        n,
+                        Outcome::Success,
+                        None,
+                        Some(ms),
+                    ));
+                    finishes.push((
+                        key,
+                        Finish::Sent { provider: receipt.provider.to_string(), message_id: receipt.message_id },
+                    ));
                 }
                 SendOutcome::Skipped(reason) => {
-                    events.push(event(EventType::EmailSkipped, Some(job), restaurant, n, Outcome::Success, Some(reason), Some(ms)));
+                    events.push(event(
+                        EventType::EmailSkipped,
+                        Some(job),
+                        restaurant,
+                        n,
+                        Outcome::Success,
+                        Some(reason),
+                        Some(ms),
+                    ));
                     finishes.push((key, Finish::Skipped));
                 }
                 SendOutcome::Failed(SendError::Permanent(code)) => {
                     tracing::warn!(message_id = %rec.message_id, code = %code, "email failed permanently");
-                    events.push(event(EventType::EmailFailed, Some(job), restaurant, n, Outcome::Rejected, Some(&code), Some(ms)));
+                    events.push(event(
+                        EventType::EmailFailed,
+                        Some(job),
+                        restaurant,
+                        n,
+                        Outcome::Rejected,
+                        Some(&code),
+                        Some(ms),
+                    ));
                     finishes.push((key, Finish::Permanent { code }));
                 }
                 SendOutcome::Failed(SendError::Transient(code)) => {
@@ -438,10 +516,15 @@ impl EmailSender {
                 .await;
             match res {
                 Ok(out) if !out.failed.is_empty() => {
-                    tracing::warn!(failed = out.failed.len(), "some visibility changes were refused; default visibility applies")
+                    tracing::warn!(
+                        failed = out.failed.len(),
+                        "some visibility changes were refused; default visibility applies"
+                    )
                 }
                 Ok(_) => {}
-                Err(e) => tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "visibility change failed; default visibility applies"),
+                Err(e) => {
+                    tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "visibility change failed; default visibility applies")
+                }
             }
         }
     }
@@ -472,7 +555,9 @@ mod tests {
         assert!(matches!(parse_job("not json"), Err(ParseFault::Invalid)));
         assert!(matches!(parse_job(r#"{"schema_version":1,"email_type":"reminder"}"#), Err(ParseFault::Invalid)));
         assert!(matches!(
-            parse_job(r#"{"schema_version":1,"email_type":"ops_policy_drift","restaurant_id":"6b0b8a3e-7c43-4a4e-9a39-3e0f9d6f2f10"}"#),
+            parse_job(
+                r#"{"schema_version":1,"email_type":"ops_policy_drift","restaurant_id":"6b0b8a3e-7c43-4a4e-9a39-3e0f9d6f2f10"}"#
+            ),
             Err(ParseFault::Invalid)
         ));
         assert!(matches!(parse_job(r#"{"schema_version":99,"email_type":"x","new":1}"#), Err(ParseFault::Unsupported)));

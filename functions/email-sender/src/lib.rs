@@ -36,11 +36,18 @@ pub fn ops_address_from_env() -> Option<String> {
 
 /// Resend's API base URL (`RESEND_API_URL`; tests point it at a local capture server).
 pub fn resend_base_url_from_env() -> String {
-    std::env::var("RESEND_API_URL").ok().filter(|v| !v.trim().is_empty()).unwrap_or_else(|| RESEND_DEFAULT_BASE_URL.into())
+    std::env::var("RESEND_API_URL")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| RESEND_DEFAULT_BASE_URL.into())
 }
 
 /// The production provider: SES or Resend per the `email.provider` flag.
-pub fn flag_selected_provider(cfg: &Config, sdk: &aws_config::SdkConfig, flags: Arc<FlagLoader>) -> Arc<dyn EmailProvider> {
+pub fn flag_selected_provider(
+    cfg: &Config,
+    sdk: &aws_config::SdkConfig,
+    flags: Arc<FlagLoader>,
+) -> Arc<dyn EmailProvider> {
     Arc::new(FlagSelectedProvider::new(
         flags,
         SesProvider::new(aws_sdk_sesv2::Client::new(sdk)),
@@ -99,17 +106,17 @@ pub async fn run_local_consumer(
     let sdk = holdfast_adapters::aws::sdk_config().await;
     let sqs_client = aws_sdk_sqs::Client::new(&sdk);
     let env = cfg.environment.as_str();
-    let pair =
-        sqs::create_queue_pair(&sqs_client, &format!("holdfast-{env}-email"), &format!("holdfast-{env}-email-dlq"), 180)
-            .await?;
+    let pair = sqs::create_queue_pair(
+        &sqs_client,
+        &format!("holdfast-{env}-email"),
+        &format!("holdfast-{env}-email-dlq"),
+        180,
+    )
+    .await?;
     let from = cfg.ses_from_address.clone().unwrap_or_else(|| "bookings@holdfast.local".into());
     ensure_ses_identity(&sdk, &from).await?;
-    let flags = Arc::new(FlagLoader::new(
-        aws_sdk_ssm::Client::new(&sdk),
-        cfg.environment,
-        cfg.ssm_prefix.clone(),
-        FLAG_TTL,
-    ));
+    let flags =
+        Arc::new(FlagLoader::new(aws_sdk_ssm::Client::new(&sdk), cfg.environment, cfg.ssm_prefix.clone(), FLAG_TTL));
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let sender = EmailSender::new(
         SendStore::new(pool.clone()),
@@ -136,7 +143,11 @@ pub async fn run_local_consumer(
             }
             match sqs::poll_once(&sqs_client, &sender, &p.queue_url, &p.queue_arn, &region, 1).await {
                 Ok(d) if d.received > 0 => {
-                    tracing::info!(received = d.received, failed = d.failed.len(), "local email consumer delivered a batch")
+                    tracing::info!(
+                        received = d.received,
+                        failed = d.failed.len(),
+                        "local email consumer delivered a batch"
+                    )
                 }
                 Ok(_) => {}
                 Err(e) => {

@@ -203,13 +203,9 @@ impl ResendProvider {
 
     /// Read the API key from an SSM SecureString (decrypted; never logged).
     pub async fn from_ssm(ssm: &aws_sdk_ssm::Client, param: &str, base_url: &str) -> Result<Self, String> {
-        let out = ssm
-            .get_parameter()
-            .name(param)
-            .with_decryption(true)
-            .send()
-            .await
-            .map_err(|e| format!("reading the Resend API key parameter failed: {}", aws_sdk_ssm::error::DisplayErrorContext(&e)))?;
+        let out = ssm.get_parameter().name(param).with_decryption(true).send().await.map_err(|e| {
+            format!("reading the Resend API key parameter failed: {}", aws_sdk_ssm::error::DisplayErrorContext(&e))
+        })?;
         let value = out.parameter.and_then(|p| p.value).filter(|v| !v.trim().is_empty());
         let key = value.ok_or_else(|| "the Resend API key parameter is empty".to_string())?;
         Self::new(base_url, ApiKey::new(key.trim()))
@@ -377,7 +373,16 @@ mod tests {
     #[test]
     fn addresses_are_checked_and_secrets_redacted() {
         assert!(plausible_address("jane.doe@example.com"));
-        for bad in ["", "jane", "@example.com", "jane@localhost", "a b@example.com", "x@y.com\r\nBcc: z@w.com", "a@b.", "<a@b.c>"] {
+        for bad in [
+            "",
+            "jane",
+            "@example.com",
+            "jane@localhost",
+            "a b@example.com",
+            "x@y.com\r\nBcc: z@w.com",
+            "a@b.",
+            "<a@b.c>",
+        ] {
             assert!(!plausible_address(bad), "{bad:?}");
         }
         assert_eq!(format!("{:?}", ApiKey::new("re_live_secret")), "ApiKey(<redacted>)");

@@ -67,7 +67,13 @@ impl OutboxRelay {
             }
         }
         if report.published > 0 || report.refused > 0 || report.sqs_unavailable {
-            tracing::info!(published = report.published, refused = report.refused, dead = report.dead, sqs_unavailable = report.sqs_unavailable, "outbox relay tick");
+            tracing::info!(
+                published = report.published,
+                refused = report.refused,
+                dead = report.dead,
+                sqs_unavailable = report.sqs_unavailable,
+                "outbox relay tick"
+            );
         }
         Ok(report)
     }
@@ -171,18 +177,20 @@ impl OutboxRelay {
                 let attempts: i32 = r.get(2);
                 let Some(row) = rows.iter().find(|x| x.id == id) else { continue };
                 let code = refused.iter().find(|(x, _)| *x == id).map(|(_, c)| c.as_str()).unwrap_or("sqs_refused");
-                events.push(relay_event(if dead { EventType::EmailDeadLettered } else { EventType::EmailRetried }, row, attempts, code));
+                events.push(relay_event(
+                    if dead { EventType::EmailDeadLettered } else { EventType::EmailRetried },
+                    row,
+                    attempts,
+                    code,
+                ));
                 if dead {
                     report.dead += 1;
                 }
             }
         }
         if !waiting.is_empty() && report.sqs_unavailable {
-            tx.execute(
-                "UPDATE email_outbox SET last_error = 'sqs_unavailable' WHERE id = ANY($1)",
-                &[&waiting],
-            )
-            .await?;
+            tx.execute("UPDATE email_outbox SET last_error = 'sqs_unavailable' WHERE id = ANY($1)", &[&waiting])
+                .await?;
             if let Some(first) = rows.iter().find(|r| r.id == waiting[0]) {
                 // One event per tick (not per row): the outage, not the rows, is the news.
                 events.push(relay_event(EventType::EmailRetried, first, 1, "sqs_unavailable"));
@@ -209,17 +217,13 @@ impl OutboxRelay {
                 .map_err(|_| "sqs_entry_invalid".to_string())?;
             entries.push(entry);
         }
-        let out = self
-            .sqs
-            .send_message_batch()
-            .queue_url(&self.queue_url)
-            .set_entries(Some(entries))
-            .send()
-            .await
-            .map_err(|e| {
-                tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "SendMessageBatch failed");
-                "sqs_unavailable".to_string()
-            })?;
+        let out =
+            self.sqs.send_message_batch().queue_url(&self.queue_url).set_entries(Some(entries)).send().await.map_err(
+                |e| {
+                    tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "SendMessageBatch failed");
+                    "sqs_unavailable".to_string()
+                },
+            )?;
         let index = |id: &str| id.strip_prefix('r').and_then(|n| n.parse::<usize>().ok());
         let mut res = Vec::new();
         for ok in &out.successful {
@@ -229,7 +233,8 @@ impl OutboxRelay {
         }
         for f in &out.failed {
             if let Some(i) = index(&f.id) {
-                let code = format!("sqs_{}", f.code.to_ascii_lowercase().replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
+                let code =
+                    format!("sqs_{}", f.code.to_ascii_lowercase().replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
                 let code = if Code::parse(&code).is_ok() { code } else { "sqs_refused".into() };
                 res.push((i, Published::Refused(code)));
             }

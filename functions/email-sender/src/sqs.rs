@@ -24,9 +24,7 @@ pub struct QueuePair {
 
 pub async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<String, BoxError> {
     let out = sqs.get_queue_attributes().queue_url(url).attribute_names(QueueAttributeName::QueueArn).send().await?;
-    out.attributes
-        .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
-        .ok_or_else(|| "queue has no ARN".into())
+    out.attributes.and_then(|mut a| a.remove(&QueueAttributeName::QueueArn)).ok_or_else(|| "queue has no ARN".into())
 }
 
 /// Create (idempotently) `name` and `name`-dlq with the production redrive policy
@@ -46,7 +44,8 @@ pub async fn create_queue_pair(
         .queue_url
         .ok_or("no DLQ url")?;
     let dlq_arn = queue_arn(sqs, &dlq_url).await?;
-    let redrive = serde_json::json!({ "deadLetterTargetArn": dlq_arn, "maxReceiveCount": MAX_RECEIVE_COUNT }).to_string();
+    let redrive =
+        serde_json::json!({ "deadLetterTargetArn": dlq_arn, "maxReceiveCount": MAX_RECEIVE_COUNT }).to_string();
     let queue_url = sqs
         .create_queue()
         .queue_name(name)
@@ -139,7 +138,9 @@ pub async fn deliver(
         let entries: Vec<Entry> = chunk
             .iter()
             .enumerate()
-            .filter_map(|(i, m)| Entry::builder().id(format!("d{i}")).receipt_handle(m.receipt_handle.clone()?).build().ok())
+            .filter_map(|(i, m)| {
+                Entry::builder().id(format!("d{i}")).receipt_handle(m.receipt_handle.clone()?).build().ok()
+            })
             .collect();
         let out = sqs.delete_message_batch().queue_url(queue_url).set_entries(Some(entries)).send().await?;
         deleted += out.successful.len();
@@ -170,7 +171,11 @@ pub struct DlqEntry {
 }
 
 /// Peek at up to `max` DLQ messages without consuming them (visibility reset to 0 after).
-pub async fn inspect_dlq(sqs: &aws_sdk_sqs::Client, dlq_url: &str, max: usize) -> Result<(u64, Vec<DlqEntry>), BoxError> {
+pub async fn inspect_dlq(
+    sqs: &aws_sdk_sqs::Client,
+    dlq_url: &str,
+    max: usize,
+) -> Result<(u64, Vec<DlqEntry>), BoxError> {
     let attrs = sqs
         .get_queue_attributes()
         .queue_url(dlq_url)

@@ -23,11 +23,15 @@ pub struct ClaimRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClaimState {
     /// This invocation holds the claim; `attempts` counts claims including this one.
-    Claimed { attempts: i32 },
+    Claimed {
+        attempts: i32,
+    },
     AlreadySent,
     FailedPermanent,
     /// Another consumer holds a live lease (until then, if known).
-    Busy { until: Option<DateTime<Utc>> },
+    Busy {
+        until: Option<DateTime<Utc>>,
+    },
 }
 
 /// Booking columns a template needs (PII: kept in memory only, never logged).
@@ -52,14 +56,23 @@ pub struct ClaimRow {
 /// How a claimed key ends this invocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finish {
-    Sent { provider: String, message_id: Option<String> },
-    Permanent { code: String },
+    Sent {
+        provider: String,
+        message_id: Option<String>,
+    },
+    Permanent {
+        code: String,
+    },
     /// Transient failure: release the lease now so the retry can claim at once.
-    Released { code: String },
+    Released {
+        code: String,
+    },
     /// Not sent on purpose (cancelled booking): drop the claim row.
     Skipped,
     /// Outcome unknown (a panic mid-send): keep the lease; the key is claimable when it expires.
-    Hold { code: String },
+    Hold {
+        code: String,
+    },
 }
 
 pub struct SendStore {
@@ -154,9 +167,8 @@ impl SendStore {
         let restaurants: Vec<Option<Uuid>> = reqs.iter().map(|r| r.restaurant_id).collect();
         let client = self.pool.get().await?;
         self.count();
-        let rows = client
-            .query(CLAIM_SQL, &[&keys, &types, &bookings, &restaurants, &token, &lease_until, &now])
-            .await?;
+        let rows =
+            client.query(CLAIM_SQL, &[&keys, &types, &bookings, &restaurants, &token, &lease_until, &now]).await?;
         Ok(rows
             .iter()
             .map(|row| {

@@ -1,1 +1,38 @@
+//! flag approver: the HTTP API through which feature flags change. A change is proposed,
+//! validated against the target environment's flags in SSM (type, range, contradiction rules),
+//! approved by someone other than the proposer (two others for critical flags in prod), then
+//! written to SSM with a check that the parameter did not change since the proposal. Every
+//! step is appended to `flag_audit`, which the database keeps append-only.
+//!
+//! It manages all three environments: environment E lives under `<root>/E` in SSM, where the
+//! root is `HOLDFAST_SSM_ROOT` (default `/holdfast`). See docs/runbooks/feature-flags.md.
 
+pub mod api;
+pub mod error;
+pub mod service;
+pub mod ssm;
+pub mod store;
+
+pub use error::ApproverError;
+pub use service::FlagApprover;
+
+use holdfast_adapters::config::Config;
+
+/// The SSM root from `HOLDFAST_SSM_ROOT` (default `/holdfast`).
+pub fn ssm_root_from_env() -> String {
+    std::env::var("HOLDFAST_SSM_ROOT")
+        .ok()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| ssm::DEFAULT_SSM_ROOT.to_string())
+}
+
+/// Build the service once per container: SDK config, SSM client, the pool (connections open
+/// lazily, on the first request that needs one).
+pub async fn build(cfg: &Config) -> Result<FlagApprover, Box<dyn std::error::Error + Send + Sync>> {
+    let sdk = holdfast_adapters::aws::sdk_config().await;
+    let client = aws_sdk_ssm::Client::new(&sdk);
+    let pool = holdfast_adapters::db::pool_from_config(cfg, &client).await?;
+    let ssm = ssm::SsmFlags::new(client, ssm_root_from_env())?;
+    Ok(FlagApprover::new(pool, ssm))
+}

@@ -11,8 +11,7 @@ use std::fmt::Write as _;
 /// The command that regenerates `docs/feature-flags/registry.md`.
 pub(crate) const DOC_COMMAND: &str = "cargo run -p holdfast-cli -- flags doc";
 /// The fallback that works before the CLI exists.
-pub(crate) const DOC_TEST_COMMAND: &str =
-    "UPDATE_FLAG_DOCS=1 cargo test -p holdfast-shared flags::doc";
+pub(crate) const DOC_TEST_COMMAND: &str = "UPDATE_FLAG_DOCS=1 cargo test -p holdfast-shared flags::doc";
 
 /// The registry doc (`docs/feature-flags/registry.md`).
 pub fn render_registry_markdown() -> String {
@@ -129,11 +128,7 @@ pub fn render_flag_set_report(set: &FlagSet, env: Environment) -> String {
             def.name,
             value_cell(def, value),
             value_cell(def, &default),
-            if *value == default {
-                "default"
-            } else {
-                "override"
-            },
+            if *value == default { "default" } else { "override" },
         );
     }
     let violations = check(set, env);
@@ -142,14 +137,7 @@ pub fn render_flag_set_report(set: &FlagSet, env: Environment) -> String {
         let _ = writeln!(out, "No rule is broken.");
     }
     for v in violations {
-        let _ = writeln!(
-            out,
-            "- **{}** ({}) {}: {}",
-            v.rule_id,
-            v.severity.as_str(),
-            v.title,
-            v.explanation
-        );
+        let _ = writeln!(out, "- **{}** ({}) {}: {}", v.rule_id, v.severity.as_str(), v.title, v.explanation);
     }
     out
 }
@@ -184,10 +172,7 @@ mod tests {
     use crate::flags::registry::{DefaultValue, Defaults, SafetyClass};
     use crate::flags::value::FlagType;
 
-    const DOC_PATH: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../docs/feature-flags/registry.md"
-    );
+    const DOC_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/feature-flags/registry.md");
 
     #[test]
     fn registry_doc_is_up_to_date() {
@@ -199,9 +184,8 @@ mod tests {
             std::fs::write(DOC_PATH, &expected).expect("write the registry doc");
             return;
         }
-        let actual = std::fs::read_to_string(DOC_PATH).unwrap_or_else(|e| {
-            panic!("cannot read {DOC_PATH} ({e}); generate it with `{DOC_TEST_COMMAND}`")
-        });
+        let actual = std::fs::read_to_string(DOC_PATH)
+            .unwrap_or_else(|e| panic!("cannot read {DOC_PATH} ({e}); generate it with `{DOC_TEST_COMMAND}`"));
         let actual = actual.replace("\r\n", "\n");
         if actual != expected {
             let line = actual
@@ -230,15 +214,9 @@ mod tests {
             assert!(doc.contains(def.description), "{}", def.name);
         }
         for rule in RULES {
-            assert!(
-                doc.contains(&format!("| {} | {} |", rule.id, rule.severity.as_str())),
-                "{}",
-                rule.id
-            );
+            assert!(doc.contains(&format!("| {} | {} |", rule.id, rule.severity.as_str())), "{}", rule.id);
         }
-        assert!(doc.contains(
-            "| `email.requestReceivedDelayMinutes` | int 0..=1440 | operational | `1` | `5` | `5` |"
-        ));
+        assert!(doc.contains("| `email.requestReceivedDelayMinutes` | int 0..=1440 | operational | `1` | `5` | `5` |"));
         assert!(doc.contains(
             "| `holds.strictConflicts.killSwitchReason` | text (max 200 chars) | operational | `\"\"` | `\"\"` | `\"\"` |"
         ));
@@ -251,19 +229,14 @@ mod tests {
             assert!(!def.description.contains('\n'), "{}", def.name);
         }
         for rule in RULES {
-            assert!(
-                !rule.explanation.contains('\n') && !rule.title.contains('\n'),
-                "{}",
-                rule.id
-            );
+            assert!(!rule.explanation.contains('\n') && !rule.title.contains('\n'), "{}", rule.id);
         }
     }
 
     #[test]
     fn cells_escape_pipes_and_quote_values() {
         assert_eq!(cell("a|b"), "a\\|b");
-        let def = crate::flags::lookup(names::HOLDS_STRICT_CONFLICTS_KILL_SWITCH_REASON)
-            .expect("registered");
+        let def = crate::flags::lookup(names::HOLDS_STRICT_CONFLICTS_KILL_SWITCH_REASON).expect("registered");
         assert_eq!(value_cell(def, &FlagValue::Text("a|b".into())), "`a\\|b`");
         assert_eq!(value_cell(def, &FlagValue::Text(String::new())), "`\"\"`");
         assert_eq!(value_cell(def, &FlagValue::Text("a`b".into())), "a`b");
@@ -302,18 +275,10 @@ mod tests {
         let clean = render_flag_set_report(&FlagSet::defaults(env), env);
         assert!(clean.contains("No rule is broken."));
         assert!(clean.contains("| `holds.ttlSeconds` | `180` | `180` | default |"));
-        let set = FlagSet::defaults(env)
-            .with_raw(names::ALLOCATOR_REQUIRE_ADJACENCY, "false")
-            .expect("valid");
+        let set = FlagSet::defaults(env).with_raw(names::ALLOCATOR_REQUIRE_ADJACENCY, "false").expect("valid");
         let report = render_flag_set_report(&set, env);
-        assert!(
-            report.contains("| `allocator.requireAdjacency` | `false` | `true` | override |"),
-            "{report}"
-        );
-        assert!(
-            report.contains("- **FR001** (error) Merges without adjacency:"),
-            "{report}"
-        );
+        assert!(report.contains("| `allocator.requireAdjacency` | `false` | `true` | override |"), "{report}");
+        assert!(report.contains("- **FR001** (error) Merges without adjacency:"), "{report}");
         assert!(!report.contains("No rule is broken."));
     }
 }

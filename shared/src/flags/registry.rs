@@ -53,11 +53,7 @@ pub struct Defaults {
 impl Defaults {
     /// The same default in every environment.
     pub const fn all(v: DefaultValue) -> Self {
-        Self {
-            dev: v,
-            staging: v,
-            prod: v,
-        }
+        Self { dev: v, staging: v, prod: v }
     }
 
     pub fn get(&self, env: Environment) -> DefaultValue {
@@ -120,11 +116,7 @@ impl FlagDef {
         FlagValueError {
             flag: self.name,
             expected: self.ty.expected(),
-            found: if self.secret {
-                REDACTED.to_owned()
-            } else {
-                found
-            },
+            found: if self.secret { REDACTED.to_owned() } else { found },
         }
     }
 
@@ -151,8 +143,7 @@ impl FlagDef {
 pub mod names {
     pub const HOLDS_STRICT_CONFLICTS: &str = "holds.strictConflicts";
     pub const HOLDS_STRICT_CONFLICTS_ROLLOUT_PERCENT: &str = "holds.strictConflicts.rolloutPercent";
-    pub const HOLDS_STRICT_CONFLICTS_KILL_SWITCH_REASON: &str =
-        "holds.strictConflicts.killSwitchReason";
+    pub const HOLDS_STRICT_CONFLICTS_KILL_SWITCH_REASON: &str = "holds.strictConflicts.killSwitchReason";
     pub const HOLDS_TTL_SECONDS: &str = "holds.ttlSeconds";
     pub const ALLOCATOR_MERGES_ENABLED: &str = "allocator.mergesEnabled";
     pub const ALLOCATOR_REQUIRE_ADJACENCY: &str = "allocator.requireAdjacency";
@@ -246,11 +237,7 @@ pub static REGISTRY: &[FlagDef] = &[
             SQS's 15-minute maximum.",
         owner: "team-notifications",
         safety: SafetyClass::Operational,
-        defaults: Defaults {
-            dev: Int(1),
-            staging: Int(5),
-            prod: Int(5),
-        },
+        defaults: Defaults { dev: Int(1), staging: Int(5), prod: Int(5) },
         secret: false,
     },
     FlagDef {
@@ -269,11 +256,7 @@ pub static REGISTRY: &[FlagDef] = &[
             CloudWatch. false: CloudWatch only.",
         owner: "team-platform",
         safety: SafetyClass::Operational,
-        defaults: Defaults {
-            dev: Bool(false),
-            staging: Bool(true),
-            prod: Bool(true),
-        },
+        defaults: Defaults { dev: Bool(false), staging: Bool(true), prod: Bool(true) },
         secret: false,
     },
     FlagDef {
@@ -312,16 +295,10 @@ mod tests {
         let mut seen = HashSet::new();
         for def in REGISTRY {
             assert!(seen.insert(def.name), "duplicate flag {}", def.name);
-            assert!(
-                !def.name.is_empty() && def.name.len() <= 200,
-                "{}",
-                def.name
-            );
+            assert!(!def.name.is_empty() && def.name.len() <= 200, "{}", def.name);
             // SSM allows a-zA-Z0-9_.- in a path segment; `/` would change the hierarchy.
             assert!(
-                def.name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)),
+                def.name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)),
                 "{} has characters SSM or our path scheme rejects",
                 def.name
             );
@@ -334,12 +311,7 @@ mod tests {
             for env in Environment::ALL {
                 let v = def.default_for(env);
                 assert_eq!(def.check(&v), Ok(()), "{} in {env}", def.name);
-                assert_eq!(
-                    def.parse(&v.to_ssm_string()),
-                    Ok(v),
-                    "{} in {env}",
-                    def.name
-                );
+                assert_eq!(def.parse(&v.to_ssm_string()), Ok(v), "{} in {env}", def.name);
             }
         }
     }
@@ -347,17 +319,8 @@ mod tests {
     #[test]
     fn every_flag_is_documented_and_owned() {
         for def in REGISTRY {
-            assert!(
-                def.description.len() >= 40,
-                "{} needs a runtime description",
-                def.name
-            );
-            assert!(
-                def.owner.starts_with("team-"),
-                "{} owner {}",
-                def.name,
-                def.owner
-            );
+            assert!(def.description.len() >= 40, "{} needs a runtime description", def.name);
+            assert!(def.owner.starts_with("team-"), "{} owner {}", def.name, def.owner);
             assert!(!def.is_secret(), "{} is not a secret", def.name);
         }
     }
@@ -371,16 +334,10 @@ mod tests {
             }
         };
         let d = get(names::HOLDS_STRICT_CONFLICTS);
-        assert_eq!(
-            (d.ty, d.safety, d.owner),
-            (FlagType::Bool, SafetyClass::Critical, "team-holds")
-        );
+        assert_eq!((d.ty, d.safety, d.owner), (FlagType::Bool, SafetyClass::Critical, "team-holds"));
         all(d, Bool(true));
         let d = get(names::HOLDS_STRICT_CONFLICTS_ROLLOUT_PERCENT);
-        assert_eq!(
-            (d.ty, d.safety),
-            (FlagType::Int { min: 0, max: 100 }, SafetyClass::Critical)
-        );
+        assert_eq!((d.ty, d.safety), (FlagType::Int { min: 0, max: 100 }, SafetyClass::Critical));
         all(d, Int(100));
         let d = get(names::HOLDS_STRICT_CONFLICTS_KILL_SWITCH_REASON);
         assert_eq!(d.ty, FlagType::Text { max_len: 200 });
@@ -392,26 +349,12 @@ mod tests {
         all(get(names::ALLOCATOR_REQUIRE_ADJACENCY), Bool(true));
         let d = get(names::EMAIL_REQUEST_RECEIVED_DELAY_MINUTES);
         assert_eq!(d.ty, FlagType::Int { min: 0, max: 1440 });
-        assert_eq!(
-            d.defaults,
-            Defaults {
-                dev: Int(1),
-                staging: Int(5),
-                prod: Int(5)
-            }
-        );
+        assert_eq!(d.defaults, Defaults { dev: Int(1), staging: Int(5), prod: Int(5) });
         let d = get(names::EMAIL_PROVIDER);
         assert_eq!(d.ty, FlagType::Choice(&["ses", "resend"]));
         all(d, Text("ses"));
         let d = get(names::METRICS_DATADOG_ENABLED);
-        assert_eq!(
-            d.defaults,
-            Defaults {
-                dev: Bool(false),
-                staging: Bool(true),
-                prod: Bool(true)
-            }
-        );
+        assert_eq!(d.defaults, Defaults { dev: Bool(false), staging: Bool(true), prod: Bool(true) });
         let d = get(names::METRICS_LATE_EVENT_GRACE_SECONDS);
         assert_eq!(d.ty, FlagType::Int { min: 0, max: 900 });
         all(d, Int(120));
@@ -436,10 +379,7 @@ mod tests {
         for env in Environment::ALL {
             assert_eq!(approvals_required(op, env), 1);
         }
-        let cosmetic = FlagDef {
-            safety: SafetyClass::Cosmetic,
-            ..*op
-        };
+        let cosmetic = FlagDef { safety: SafetyClass::Cosmetic, ..*op };
         assert_eq!(approvals_required(&cosmetic, Environment::Prod), 1);
     }
 
@@ -448,10 +388,7 @@ mod tests {
         let d = lookup(names::HOLDS_TTL_SECONDS).expect("registered");
         let e = d.parse("30").expect_err("below range");
         assert_eq!(e.flag, "holds.ttlSeconds");
-        assert_eq!(
-            e.to_string(),
-            "flag `holds.ttlSeconds` expects an integer in 60..=900, got \"30\""
-        );
+        assert_eq!(e.to_string(), "flag `holds.ttlSeconds` expects an integer in 60..=900, got \"30\"");
         let e = d.check(&FlagValue::Bool(true)).expect_err("wrong type");
         assert_eq!(e.found, "bool true");
         let d = lookup(names::HOLDS_STRICT_CONFLICTS).expect("registered");
@@ -476,14 +413,9 @@ mod tests {
         let e = secret.parse("hunter2-too-long").expect_err("too long");
         assert!(!e.to_string().contains("hunter2"), "{e}");
         assert_eq!(e.found, REDACTED);
-        let e = secret
-            .check(&FlagValue::Text("hunter2-too-long".into()))
-            .expect_err("too long");
+        let e = secret.check(&FlagValue::Text("hunter2-too-long".into())).expect_err("too long");
         assert!(!e.to_string().contains("hunter2"), "{e}");
-        assert_eq!(
-            secret.display_value(&FlagValue::Text("hunter2".into())),
-            REDACTED
-        );
+        assert_eq!(secret.display_value(&FlagValue::Text("hunter2".into())), REDACTED);
         assert_eq!(secret.display_raw("hunter2"), REDACTED);
         let public = lookup(names::EMAIL_PROVIDER).expect("registered");
         assert_eq!(public.display_raw("ses"), "ses");

@@ -67,9 +67,7 @@ pub static RULES: &[Rule] = &[
             guard is off and when to turn it back on. Set the reason first.",
         severity: Severity::Error,
         violated: |s, env| {
-            env == Environment::Prod
-                && !s.strict_conflicts()
-                && s.kill_switch_reason().trim().is_empty()
+            env == Environment::Prod && !s.strict_conflicts() && s.kill_switch_reason().trim().is_empty()
         },
     },
     Rule {
@@ -90,9 +88,7 @@ pub static RULES: &[Rule] = &[
             kill switch (`holds.strictConflicts=false` with a reason); otherwise roll out to at \
             least 10%.",
         severity: Severity::Error,
-        violated: |s, env| {
-            env == Environment::Prod && s.strict_conflicts() && s.strict_rollout_percent() == 0
-        },
+        violated: |s, env| env == Environment::Prod && s.strict_conflicts() && s.strict_rollout_percent() == 0,
     },
 ];
 
@@ -101,12 +97,7 @@ pub fn check(set: &FlagSet, env: Environment) -> Vec<RuleViolation> {
     RULES
         .iter()
         .filter(|r| r.is_violated(set, env))
-        .map(|r| RuleViolation {
-            rule_id: r.id,
-            title: r.title,
-            explanation: r.explanation,
-            severity: r.severity,
-        })
+        .map(|r| RuleViolation { rule_id: r.id, title: r.title, explanation: r.explanation, severity: r.severity })
         .collect()
 }
 
@@ -116,9 +107,7 @@ mod tests {
     use crate::flags::names;
 
     fn set(env: Environment, pairs: &[(&str, &str)]) -> FlagSet {
-        pairs.iter().fold(FlagSet::defaults(env), |s, (n, v)| {
-            s.with_raw(n, v).expect("valid test value")
-        })
+        pairs.iter().fold(FlagSet::defaults(env), |s, (n, v)| s.with_raw(n, v).expect("valid test value"))
     }
 
     fn ids(set: &FlagSet, env: Environment) -> Vec<&'static str> {
@@ -128,11 +117,7 @@ mod tests {
     #[test]
     fn safe_default_matrix_passes_every_rule_in_every_environment() {
         for env in Environment::ALL {
-            assert_eq!(
-                check(&FlagSet::defaults(env), env),
-                vec![],
-                "defaults of {env}"
-            );
+            assert_eq!(check(&FlagSet::defaults(env), env), vec![], "defaults of {env}");
         }
     }
 
@@ -150,10 +135,7 @@ mod tests {
         let merges = names::ALLOCATOR_MERGES_ENABLED;
         let adj = names::ALLOCATOR_REQUIRE_ADJACENCY;
         for env in Environment::ALL {
-            assert_eq!(
-                ids(&set(env, &[(merges, "true"), (adj, "false")]), env),
-                ["FR001"]
-            );
+            assert_eq!(ids(&set(env, &[(merges, "true"), (adj, "false")]), env), ["FR001"]);
             assert!(ids(&set(env, &[(merges, "false"), (adj, "false")]), env).is_empty());
             assert!(ids(&set(env, &[(merges, "false"), (adj, "true")]), env).is_empty());
             assert!(ids(&set(env, &[(merges, "true"), (adj, "true")]), env).is_empty());
@@ -166,16 +148,10 @@ mod tests {
         let reason = names::HOLDS_STRICT_CONFLICTS_KILL_SWITCH_REASON;
         let p = Environment::Prod;
         assert_eq!(ids(&set(p, &[(strict, "false")]), p), ["FR002"]);
-        assert_eq!(
-            ids(&set(p, &[(strict, "false"), (reason, "   ")]), p),
-            ["FR002"]
-        );
+        assert_eq!(ids(&set(p, &[(strict, "false"), (reason, "   ")]), p), ["FR002"]);
         assert!(ids(&set(p, &[(strict, "false"), (reason, "INC-7")]), p).is_empty());
         for env in [Environment::Dev, Environment::Staging] {
-            assert!(
-                ids(&set(env, &[(strict, "false")]), env).is_empty(),
-                "{env}"
-            );
+            assert!(ids(&set(env, &[(strict, "false")]), env).is_empty(), "{env}");
         }
     }
 
@@ -187,10 +163,7 @@ mod tests {
             let v = check(&s, env);
             assert_eq!(v.len(), 1);
             assert_eq!((v[0].rule_id, v[0].severity), ("FR003", Severity::Warning));
-            assert!(
-                ids(&set(env, &[(reason, " ")]), env).is_empty(),
-                "blank is no reason"
-            );
+            assert!(ids(&set(env, &[(reason, " ")]), env).is_empty(), "blank is no reason");
         }
     }
 
@@ -202,11 +175,7 @@ mod tests {
         let p = Environment::Prod;
         assert_eq!(ids(&set(p, &[(pct, "0")]), p), ["FR004"]);
         assert!(ids(&set(p, &[(pct, "1")]), p).is_empty());
-        assert!(ids(
-            &set(p, &[(pct, "0"), (strict, "false"), (reason, "INC-7")]),
-            p
-        )
-        .is_empty());
+        assert!(ids(&set(p, &[(pct, "0"), (strict, "false"), (reason, "INC-7")]), p).is_empty());
         for env in [Environment::Dev, Environment::Staging] {
             assert!(ids(&set(env, &[(pct, "0")]), env).is_empty(), "{env}");
         }

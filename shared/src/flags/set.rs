@@ -22,10 +22,7 @@ pub enum FlagProblem {
     #[error("unknown flag `{name}` in SSM (not in the registry); ignored")]
     UnknownFlag { name: String },
     #[error("{error}; using the default `{default}`")]
-    InvalidValue {
-        error: FlagValueError,
-        default: String,
-    },
+    InvalidValue { error: FlagValueError, default: String },
     #[error("flag `{name}` given more than once; using the default `{default}`")]
     Duplicate { name: &'static str, default: String },
 }
@@ -57,9 +54,7 @@ impl FlagSet {
     }
 
     fn defaults_of(registry: &'static [FlagDef], env: Environment) -> Self {
-        Self {
-            entries: registry.iter().map(|d| (d, d.default_for(env))).collect(),
-        }
+        Self { entries: registry.iter().map(|d| (d, d.default_for(env))).collect() }
     }
 
     /// Builds the set from raw SSM values (`(flag name, raw value)`, names relative to the
@@ -88,10 +83,8 @@ impl FlagSet {
             }
             match def.parse(value) {
                 Ok(v) => set.put(def, v),
-                Err(error) => problems.push(FlagProblem::InvalidValue {
-                    error,
-                    default: def.display_value(&def.default_for(env)),
-                }),
+                Err(error) => problems
+                    .push(FlagProblem::InvalidValue { error, default: def.display_value(&def.default_for(env)) }),
             }
         }
         // A duplicate seen after a valid first value must still end on the default.
@@ -131,10 +124,7 @@ impl FlagSet {
     }
 
     pub fn get(&self, name: &str) -> Option<&FlagValue> {
-        self.entries
-            .iter()
-            .find(|(d, _)| d.name == name)
-            .map(|(_, v)| v)
+        self.entries.iter().find(|(d, _)| d.name == name).map(|(_, v)| v)
     }
 
     /// Every flag with its value, in registry order.
@@ -145,21 +135,15 @@ impl FlagSet {
     // The fallbacks below are unreachable while the invariant holds; they are the prod
     // defaults so that even a broken invariant fails safe rather than panicking.
     fn bool_or(&self, name: &str, fallback: bool) -> bool {
-        self.get(name)
-            .and_then(FlagValue::as_bool)
-            .unwrap_or(fallback)
+        self.get(name).and_then(FlagValue::as_bool).unwrap_or(fallback)
     }
 
     fn int_or(&self, name: &str, fallback: i64) -> i64 {
-        self.get(name)
-            .and_then(FlagValue::as_int)
-            .unwrap_or(fallback)
+        self.get(name).and_then(FlagValue::as_int).unwrap_or(fallback)
     }
 
     fn text_or<'a>(&'a self, name: &str, fallback: &'a str) -> &'a str {
-        self.get(name)
-            .and_then(FlagValue::as_text)
-            .unwrap_or(fallback)
+        self.get(name).and_then(FlagValue::as_text).unwrap_or(fallback)
     }
 
     pub fn strict_conflicts(&self) -> bool {
@@ -234,10 +218,7 @@ mod tests {
     use crate::flags::value::FlagType;
 
     fn raw(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
-            .collect()
+        pairs.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect()
     }
 
     #[test]
@@ -257,18 +238,9 @@ mod tests {
             assert_eq!(set.email_provider(), "ses");
             assert_eq!(set.late_event_grace_seconds(), 120);
         }
-        assert_eq!(
-            FlagSet::defaults(Environment::Dev).request_received_delay_minutes(),
-            1
-        );
-        assert_eq!(
-            FlagSet::defaults(Environment::Staging).request_received_delay_minutes(),
-            5
-        );
-        assert_eq!(
-            FlagSet::defaults(Environment::Prod).request_received_delay_minutes(),
-            5
-        );
+        assert_eq!(FlagSet::defaults(Environment::Dev).request_received_delay_minutes(), 1);
+        assert_eq!(FlagSet::defaults(Environment::Staging).request_received_delay_minutes(), 5);
+        assert_eq!(FlagSet::defaults(Environment::Prod).request_received_delay_minutes(), 5);
         assert!(!FlagSet::defaults(Environment::Dev).datadog_enabled());
         assert!(FlagSet::defaults(Environment::Staging).datadog_enabled());
         assert!(FlagSet::defaults(Environment::Prod).datadog_enabled());
@@ -281,10 +253,7 @@ mod tests {
             &raw(&[
                 ("holds.strictConflicts", "false"),
                 ("holds.strictConflicts.rolloutPercent", "10"),
-                (
-                    "holds.strictConflicts.killSwitchReason",
-                    "INC-42 false 409s",
-                ),
+                ("holds.strictConflicts.killSwitchReason", "INC-42 false 409s"),
                 ("holds.ttlSeconds", "300"),
                 ("allocator.mergesEnabled", "false"),
                 ("allocator.requireAdjacency", "false"),
@@ -319,10 +288,7 @@ mod tests {
             ]),
         );
         assert_eq!(set.hold_ttl_seconds(), 180);
-        assert!(
-            set.strict_conflicts(),
-            "misspelt name must not switch anything off"
-        );
+        assert!(set.strict_conflicts(), "misspelt name must not switch anything off");
         assert_eq!(set.email_provider(), "ses");
         assert_eq!(set.request_received_delay_minutes(), 3);
         let codes: Vec<_> = problems.iter().map(FlagProblem::code).collect();
@@ -346,24 +312,13 @@ mod tests {
         ] {
             let (set, problems) = FlagSet::from_raw(Environment::Prod, &raw(&pairs));
             assert_eq!(set.hold_ttl_seconds(), 180, "{pairs:?}");
-            assert!(
-                problems.iter().any(|p| p.code() == "duplicate_flag"),
-                "{pairs:?}"
-            );
+            assert!(problems.iter().any(|p| p.code() == "duplicate_flag"), "{pairs:?}");
         }
         let (_, problems) = FlagSet::from_raw(
             Environment::Prod,
-            &raw(&[
-                ("holds.ttlSeconds", "300"),
-                ("holds.ttlSeconds", "300"),
-                ("holds.ttlSeconds", "300"),
-            ]),
+            &raw(&[("holds.ttlSeconds", "300"), ("holds.ttlSeconds", "300"), ("holds.ttlSeconds", "300")]),
         );
-        assert_eq!(
-            problems.len(),
-            1,
-            "one problem per duplicated flag: {problems:?}"
-        );
+        assert_eq!(problems.len(), 1, "one problem per duplicated flag: {problems:?}");
     }
 
     #[test]
@@ -371,14 +326,8 @@ mod tests {
         let garbage = raw(&[
             ("", ""),
             ("holds.strictConflicts", ""),
-            (
-                "holds.strictConflicts.rolloutPercent",
-                "-9223372036854775808",
-            ),
-            (
-                "holds.strictConflicts.killSwitchReason",
-                &"x".repeat(10_000),
-            ),
+            ("holds.strictConflicts.rolloutPercent", "-9223372036854775808"),
+            ("holds.strictConflicts.killSwitchReason", &"x".repeat(10_000)),
             ("metrics.lateEventGraceSeconds", "\u{0}"),
             ("allocator.mergesEnabled", "🙂"),
         ]);
@@ -386,10 +335,7 @@ mod tests {
         assert_eq!(set, FlagSet::defaults(Environment::Prod));
         assert_eq!(problems.len(), garbage.len());
         // The 10 000-char value is not echoed in full.
-        assert!(
-            problems.iter().all(|p| p.to_string().len() < 300),
-            "{problems:?}"
-        );
+        assert!(problems.iter().all(|p| p.to_string().len() < 300), "{problems:?}");
     }
 
     #[test]
@@ -402,14 +348,11 @@ mod tests {
     #[test]
     fn with_validates_and_leaves_original_untouched() {
         let base = FlagSet::defaults(Environment::Prod);
-        let next = base
-            .with(names::HOLDS_TTL_SECONDS, FlagValue::Int(600))
-            .expect("valid");
+        let next = base.with(names::HOLDS_TTL_SECONDS, FlagValue::Int(600)).expect("valid");
         assert_eq!(next.hold_ttl_seconds(), 600);
         assert_eq!(base.hold_ttl_seconds(), 180);
         assert_eq!(
-            base.with(names::HOLDS_TTL_SECONDS, FlagValue::Int(901))
-                .map(|_| ()),
+            base.with(names::HOLDS_TTL_SECONDS, FlagValue::Int(901)).map(|_| ()),
             Err(FlagSetError::InvalidValue(FlagValueError {
                 flag: "holds.ttlSeconds",
                 expected: "an integer in 60..=900".into(),
@@ -420,13 +363,8 @@ mod tests {
             base.with(names::HOLDS_TTL_SECONDS, FlagValue::Bool(true)),
             Err(FlagSetError::InvalidValue(_))
         ));
-        assert_eq!(
-            base.with("nope", FlagValue::Bool(true)).map(|_| ()),
-            Err(FlagSetError::UnknownFlag("nope".into()))
-        );
-        let next = base
-            .with_raw(names::EMAIL_PROVIDER, "resend")
-            .expect("valid");
+        assert_eq!(base.with("nope", FlagValue::Bool(true)).map(|_| ()), Err(FlagSetError::UnknownFlag("nope".into())));
+        let next = base.with_raw(names::EMAIL_PROVIDER, "resend").expect("valid");
         assert_eq!(next.email_provider(), "resend");
         assert!(base.with_raw(names::EMAIL_PROVIDER, "smtp").is_err());
         assert!(base.with_raw("nope", "x").is_err());
@@ -438,10 +376,7 @@ mod tests {
         let order: Vec<_> = set.iter().map(|(d, _)| d.name).collect();
         let registry: Vec<_> = REGISTRY.iter().map(|d| d.name).collect();
         assert_eq!(order, registry);
-        assert_eq!(
-            set.get(names::HOLDS_STRICT_CONFLICTS),
-            Some(&FlagValue::Bool(true))
-        );
+        assert_eq!(set.get(names::HOLDS_STRICT_CONFLICTS), Some(&FlagValue::Bool(true)));
         assert_eq!(set.get("nope"), None);
     }
 
@@ -462,10 +397,7 @@ mod tests {
         assert!(!dbg.contains("hunter2"), "{dbg}");
         assert!(dbg.contains("test.apiToken"), "{dbg}");
         let public = format!("{:?}", FlagSet::defaults(Environment::Prod));
-        assert!(
-            public.contains("holds.ttlSeconds") && public.contains("180"),
-            "{public}"
-        );
+        assert!(public.contains("holds.ttlSeconds") && public.contains("180"), "{public}");
     }
 
     #[test]

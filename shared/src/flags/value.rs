@@ -172,17 +172,7 @@ mod tests {
         assert_eq!(INT.parse("60"), Some(FlagValue::Int(60)));
         assert_eq!(INT.parse("900"), Some(FlagValue::Int(900)));
         assert_eq!(INT.parse(" 180\n"), Some(FlagValue::Int(180)));
-        for bad in [
-            "59",
-            "901",
-            "-1",
-            "",
-            "abc",
-            "180s",
-            "1.5",
-            "1e3",
-            "99999999999999999999",
-        ] {
+        for bad in ["59", "901", "-1", "", "abc", "180s", "1.5", "1e3", "99999999999999999999"] {
             assert_eq!(INT.parse(bad), None, "{bad:?}");
         }
     }
@@ -201,10 +191,7 @@ mod tests {
     #[test]
     fn choice_accepts_exact_members_only() {
         assert_eq!(CHOICE.parse("ses"), Some(FlagValue::Text("ses".into())));
-        assert_eq!(
-            CHOICE.parse("resend"),
-            Some(FlagValue::Text("resend".into()))
-        );
+        assert_eq!(CHOICE.parse("resend"), Some(FlagValue::Text("resend".into())));
         for bad in ["", "SES", " ses", "smtp"] {
             assert_eq!(CHOICE.parse(bad), None, "{bad:?}");
         }
@@ -265,17 +252,8 @@ mod tests {
 
     #[test]
     fn serde_is_plain_json() {
-        assert_eq!(
-            serde_json::to_string(&FlagValue::Bool(true)).expect("json"),
-            "true"
-        );
-        assert_eq!(
-            serde_json::to_string(&FlagValue::Int(5)).expect("json"),
-            "5"
-        );
-        assert_eq!(
-            serde_json::to_string(&FlagValue::Text("a".into())).expect("json"),
-            "\"a\""
-        );
+        assert_eq!(serde_json::to_string(&FlagValue::Bool(true)).expect("json"), "true");
+        assert_eq!(serde_json::to_string(&FlagValue::Int(5)).expect("json"), "5");
+        assert_eq!(serde_json::to_string(&FlagValue::Text("a".into())).expect("json"), "\"a\"");
     }
 }

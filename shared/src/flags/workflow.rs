@@ -101,14 +101,8 @@ pub enum ProposalStatus {
 }
 
 impl ProposalStatus {
-    pub const ALL: [ProposalStatus; 6] = [
-        Self::Pending,
-        Self::Approved,
-        Self::Rejected,
-        Self::Applied,
-        Self::ApplyFailed,
-        Self::Expired,
-    ];
+    pub const ALL: [ProposalStatus; 6] =
+        [Self::Pending, Self::Approved, Self::Rejected, Self::Applied, Self::ApplyFailed, Self::Expired];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -152,17 +146,10 @@ pub enum ChangeRefused {
     #[error("flag `{flag}` already has this value")]
     NoChange { flag: &'static str },
     #[error("the change would break {}: {}", rule_ids.join(", "), explanations.join(" "))]
-    Contradiction {
-        rule_ids: Vec<&'static str>,
-        explanations: Vec<&'static str>,
-    },
+    Contradiction { rule_ids: Vec<&'static str>, explanations: Vec<&'static str> },
     /// The flag changed after the proposal was made; approvers saw another "before".
     #[error("flag `{flag}` is now `{current}`, not `{expected}` as when proposed; propose again")]
-    StaleProposal {
-        flag: &'static str,
-        expected: String,
-        current: String,
-    },
+    StaleProposal { flag: &'static str, expected: String, current: String },
 }
 
 impl ChangeRefused {
@@ -191,9 +178,7 @@ pub fn validate_change(
     flag: &str,
     raw_new: &str,
 ) -> Result<FlagValue, ChangeRefused> {
-    let def = lookup(flag).ok_or_else(|| ChangeRefused::UnknownFlag {
-        flag: flag.to_owned(),
-    })?;
+    let def = lookup(flag).ok_or_else(|| ChangeRefused::UnknownFlag { flag: flag.to_owned() })?;
     let value = def.parse(raw_new)?;
     if current.get(def.name) == Some(&value) {
         return Err(ChangeRefused::NoChange { flag: def.name });
@@ -211,10 +196,7 @@ pub fn validate_change(
     if rule_ids.is_empty() {
         Ok(value)
     } else {
-        Err(ChangeRefused::Contradiction {
-            rule_ids,
-            explanations,
-        })
+        Err(ChangeRefused::Contradiction { rule_ids, explanations })
     }
 }
 
@@ -340,11 +322,7 @@ impl Proposal {
     }
 
     /// Records an approval by someone other than the proposer. On error nothing changes.
-    pub fn approve(
-        &mut self,
-        approver: Actor,
-        now: DateTime<Utc>,
-    ) -> Result<ApprovalOutcome, WorkflowError> {
+    pub fn approve(&mut self, approver: Actor, now: DateTime<Utc>) -> Result<ApprovalOutcome, WorkflowError> {
         match self.status_at(now) {
             ProposalStatus::Pending => {}
             ProposalStatus::Expired => return Err(WorkflowError::Expired),
@@ -394,15 +372,10 @@ impl Proposal {
     /// the proposal (the approvers judged another "before") or if the change now contradicts
     /// other flags changed in the meantime. Returns the value to write.
     pub fn validate_for_apply(&self, current: &FlagSet) -> Result<FlagValue, ChangeRefused> {
-        let def = lookup(&self.flag).ok_or_else(|| ChangeRefused::UnknownFlag {
-            flag: self.flag.clone(),
-        })?;
+        let def = lookup(&self.flag).ok_or_else(|| ChangeRefused::UnknownFlag { flag: self.flag.clone() })?;
         // An absent or invalid stored value meant the default was in effect.
-        let expected = self
-            .old_raw
-            .as_deref()
-            .and_then(|raw| def.parse(raw).ok())
-            .unwrap_or_else(|| def.default_for(self.env));
+        let expected =
+            self.old_raw.as_deref().and_then(|raw| def.parse(raw).ok()).unwrap_or_else(|| def.default_for(self.env));
         if let Some(now) = current.get(def.name) {
             if *now != expected {
                 return Err(ChangeRefused::StaleProposal {
@@ -438,9 +411,7 @@ impl Proposal {
     /// `old_raw` as it may appear in the audit log (redacted for secret flags).
     pub fn audit_old(&self) -> Option<String> {
         let def = lookup(&self.flag);
-        self.old_raw
-            .as_deref()
-            .map(|raw| def.map_or_else(|| raw.to_owned(), |d| d.display_raw(raw)))
+        self.old_raw.as_deref().map(|raw| def.map_or_else(|| raw.to_owned(), |d| d.display_raw(raw)))
     }
 
     /// `new_raw` as it may appear in the audit log (redacted for secret flags).
@@ -479,9 +450,7 @@ mod tests {
     }
 
     fn t0() -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2025, 11, 6, 12, 0, 0)
-            .single()
-            .expect("valid time")
+        Utc.with_ymd_and_hms(2025, 11, 6, 12, 0, 0).single().expect("valid time")
     }
 
     fn proposal(env: Environment, flag: &str, raw: &str) -> Proposal {
@@ -507,10 +476,7 @@ mod tests {
         assert_eq!(Actor::new(" \t\n"), Err(ActorError::Empty));
         assert!(Actor::new(&"a".repeat(200)).is_ok());
         assert_eq!(Actor::new(&"a".repeat(201)), Err(ActorError::TooLong(201)));
-        assert!(
-            Actor::new(&"é".repeat(200)).is_ok(),
-            "counted in characters"
-        );
+        assert!(Actor::new(&"é".repeat(200)).is_ok(), "counted in characters");
         assert_eq!(Actor::new("bob\u{0}x"), Err(ActorError::ControlCharacter));
         assert_eq!(actor("bob").to_string(), "bob");
     }
@@ -558,20 +524,12 @@ mod tests {
         let env = Environment::Staging;
         let set = FlagSet::defaults(env);
         let e = validate_change(&set, env, "holds.nope", "true").expect_err("unknown");
-        assert_eq!(
-            (e.code(), e.to_string()),
-            ("unknown_flag", "unknown flag `holds.nope`".into())
-        );
+        assert_eq!((e.code(), e.to_string()), ("unknown_flag", "unknown flag `holds.nope`".into()));
         let e = validate_change(&set, env, names::HOLDS_TTL_SECONDS, "901").expect_err("range");
         assert_eq!(e.code(), "invalid_value");
         assert!(e.to_string().contains("60..=900"), "{e}");
         let e = validate_change(&set, env, names::HOLDS_TTL_SECONDS, "180").expect_err("same");
-        assert_eq!(
-            e,
-            ChangeRefused::NoChange {
-                flag: "holds.ttlSeconds"
-            }
-        );
+        assert_eq!(e, ChangeRefused::NoChange { flag: "holds.ttlSeconds" });
         // Equality is by typed value, not by string.
         let e = validate_change(&set, env, names::HOLDS_STRICT_CONFLICTS, " true\n");
         assert_eq!(e.map_err(|e| e.code()), Err("no_change"));
@@ -581,29 +539,16 @@ mod tests {
     fn validate_change_refuses_contradictions_fr001() {
         for env in Environment::ALL {
             let set = FlagSet::defaults(env);
-            let e = validate_change(&set, env, names::ALLOCATOR_REQUIRE_ADJACENCY, "false")
-                .expect_err("FR001");
-            let ChangeRefused::Contradiction {
-                rule_ids,
-                explanations,
-            } = &e
-            else {
+            let e = validate_change(&set, env, names::ALLOCATOR_REQUIRE_ADJACENCY, "false").expect_err("FR001");
+            let ChangeRefused::Contradiction { rule_ids, explanations } = &e else {
                 panic!("expected a contradiction, got {e:?}");
             };
             assert_eq!(rule_ids, &["FR001"]);
             assert_eq!(explanations.len(), 1);
-            assert!(
-                e.to_string().starts_with("the change would break FR001: "),
-                "{e}"
-            );
+            assert!(e.to_string().starts_with("the change would break FR001: "), "{e}");
             // With merges off first, dropping adjacency is fine.
-            let no_merges = set
-                .with_raw(names::ALLOCATOR_MERGES_ENABLED, "false")
-                .expect("valid");
-            assert!(
-                validate_change(&no_merges, env, names::ALLOCATOR_REQUIRE_ADJACENCY, "false")
-                    .is_ok()
-            );
+            let no_merges = set.with_raw(names::ALLOCATOR_MERGES_ENABLED, "false").expect("valid");
+            assert!(validate_change(&no_merges, env, names::ALLOCATOR_REQUIRE_ADJACENCY, "false").is_ok());
         }
     }
 
@@ -615,9 +560,7 @@ mod tests {
         let on = FlagSet::defaults(env);
         // Turning off without a reason: FR002.
         let e = validate_change(&on, env, strict, "false").expect_err("FR002");
-        assert!(
-            matches!(&e, ChangeRefused::Contradiction { rule_ids, .. } if rule_ids == &["FR002"])
-        );
+        assert!(matches!(&e, ChangeRefused::Contradiction { rule_ids, .. } if rule_ids == &["FR002"]));
         // Reason first (FR003 is only a warning), then off.
         validate_change(&on, env, reason, "INC-7 false 409s").expect("reason first");
         let with_reason = on.with_raw(reason, "INC-7 false 409s").expect("valid");
@@ -635,57 +578,25 @@ mod tests {
     #[test]
     fn validate_change_refuses_fr004_only_in_prod() {
         let pct = names::HOLDS_STRICT_CONFLICTS_ROLLOUT_PERCENT;
-        let e = validate_change(
-            &FlagSet::defaults(Environment::Prod),
-            Environment::Prod,
-            pct,
-            "0",
-        );
-        assert!(
-            matches!(e, Err(ChangeRefused::Contradiction { ref rule_ids, .. }) if rule_ids == &["FR004"])
-        );
+        let e = validate_change(&FlagSet::defaults(Environment::Prod), Environment::Prod, pct, "0");
+        assert!(matches!(e, Err(ChangeRefused::Contradiction { ref rule_ids, .. }) if rule_ids == &["FR004"]));
         for step in ["10", "50"] {
-            assert!(validate_change(
-                &FlagSet::defaults(Environment::Prod),
-                Environment::Prod,
-                pct,
-                step
-            )
-            .is_ok());
+            assert!(validate_change(&FlagSet::defaults(Environment::Prod), Environment::Prod, pct, step).is_ok());
         }
-        assert!(validate_change(
-            &FlagSet::defaults(Environment::Staging),
-            Environment::Staging,
-            pct,
-            "0"
-        )
-        .is_ok());
+        assert!(validate_change(&FlagSet::defaults(Environment::Staging), Environment::Staging, pct, "0").is_ok());
     }
 
     #[test]
     fn pre_existing_violations_do_not_block_unrelated_changes_or_the_fix() {
         let env = Environment::Prod;
         // An out-of-band SSM edit left FR001 in place.
-        let (broken, _) = FlagSet::from_raw(
-            env,
-            &[(
-                names::ALLOCATOR_REQUIRE_ADJACENCY.to_owned(),
-                "false".to_owned(),
-            )],
-        );
+        let (broken, _) =
+            FlagSet::from_raw(env, &[(names::ALLOCATOR_REQUIRE_ADJACENCY.to_owned(), "false".to_owned())]);
         assert!(validate_change(&broken, env, names::HOLDS_TTL_SECONDS, "240").is_ok());
         assert!(validate_change(&broken, env, names::ALLOCATOR_REQUIRE_ADJACENCY, "true").is_ok());
         // But a change that adds a new violation is still refused.
-        let e = validate_change(
-            &broken,
-            env,
-            names::HOLDS_STRICT_CONFLICTS_ROLLOUT_PERCENT,
-            "0",
-        )
-        .expect_err("FR004");
-        assert!(
-            matches!(e, ChangeRefused::Contradiction { ref rule_ids, .. } if rule_ids == &["FR004"])
-        );
+        let e = validate_change(&broken, env, names::HOLDS_STRICT_CONFLICTS_ROLLOUT_PERCENT, "0").expect_err("FR004");
+        assert!(matches!(e, ChangeRefused::Contradiction { ref rule_ids, .. } if rule_ids == &["FR004"]));
     }
 
     // ---- propose ----
@@ -723,49 +634,24 @@ mod tests {
     fn operational_flag_needs_one_other_person() {
         let mut p = proposal(Environment::Prod, names::HOLDS_TTL_SECONDS, "300");
         assert_eq!(p.approvals_required(), Ok(1));
-        assert_eq!(
-            p.approve(actor("bob"), t0()),
-            Ok(ApprovalOutcome::ReadyToApply)
-        );
+        assert_eq!(p.approve(actor("bob"), t0()), Ok(ApprovalOutcome::ReadyToApply));
         assert_eq!(p.status, ProposalStatus::Approved);
-        assert_eq!(
-            p.approve(actor("carol"), t0()),
-            Err(WorkflowError::NotPending(ProposalStatus::Approved))
-        );
+        assert_eq!(p.approve(actor("carol"), t0()), Err(WorkflowError::NotPending(ProposalStatus::Approved)));
     }
 
     #[test]
     fn critical_flag_in_prod_needs_two_other_people() {
-        let mut p = proposal(
-            Environment::Prod,
-            names::HOLDS_STRICT_CONFLICTS_ROLLOUT_PERCENT,
-            "50",
-        );
-        assert_eq!(
-            p.approve(actor("bob"), t0()),
-            Ok(ApprovalOutcome::NeedsMore(1))
-        );
+        let mut p = proposal(Environment::Prod, names::HOLDS_STRICT_CONFLICTS_ROLLOUT_PERCENT, "50");
+        assert_eq!(p.approve(actor("bob"), t0()), Ok(ApprovalOutcome::NeedsMore(1)));
         assert_eq!(p.status, ProposalStatus::Pending);
-        let e = p
-            .approve(actor("BOB"), t0())
-            .expect_err("same approver twice");
+        let e = p.approve(actor("BOB"), t0()).expect_err("same approver twice");
         assert_eq!(e.code(), "duplicate_approval");
         assert_eq!(p.approvals.len(), 1, "a refused approval changes nothing");
-        assert_eq!(
-            p.approve(actor("carol"), t0()),
-            Ok(ApprovalOutcome::ReadyToApply)
-        );
+        assert_eq!(p.approve(actor("carol"), t0()), Ok(ApprovalOutcome::ReadyToApply));
         assert_eq!(p.status, ProposalStatus::Approved);
         // In staging one approval is enough.
-        let mut s = proposal(
-            Environment::Staging,
-            names::HOLDS_STRICT_CONFLICTS_ROLLOUT_PERCENT,
-            "50",
-        );
-        assert_eq!(
-            s.approve(actor("bob"), t0()),
-            Ok(ApprovalOutcome::ReadyToApply)
-        );
+        let mut s = proposal(Environment::Staging, names::HOLDS_STRICT_CONFLICTS_ROLLOUT_PERCENT, "50");
+        assert_eq!(s.approve(actor("bob"), t0()), Ok(ApprovalOutcome::ReadyToApply));
     }
 
     #[test]
@@ -809,27 +695,17 @@ mod tests {
     #[test]
     fn reject_and_withdraw() {
         let mut p = proposal(Environment::Prod, names::HOLDS_TTL_SECONDS, "300");
-        p.reject(actor("alice@example.com"), t0())
-            .expect("proposer may withdraw");
+        p.reject(actor("alice@example.com"), t0()).expect("proposer may withdraw");
         assert_eq!(p.status, ProposalStatus::Rejected);
         assert_eq!(p.rejected_by, Some(actor("alice@example.com")));
-        assert_eq!(
-            p.reject(actor("bob"), t0()),
-            Err(WorkflowError::NotPending(ProposalStatus::Rejected))
-        );
-        assert_eq!(
-            p.approve(actor("bob"), t0()).map_err(|e| e.code()),
-            Err("not_pending")
-        );
+        assert_eq!(p.reject(actor("bob"), t0()), Err(WorkflowError::NotPending(ProposalStatus::Rejected)));
+        assert_eq!(p.approve(actor("bob"), t0()).map_err(|e| e.code()), Err("not_pending"));
         // An approved (or failed) proposal may be abandoned.
         let mut q = proposal(Environment::Prod, names::HOLDS_TTL_SECONDS, "300");
         q.approve(actor("bob"), t0()).expect("approve");
         q.mark_apply_failed().expect("failed");
         q.reject(actor("carol"), t0()).expect("abandon");
-        assert_eq!(
-            q.check_can_apply(t0()),
-            Err(WorkflowError::NotApproved(ProposalStatus::Rejected))
-        );
+        assert_eq!(q.check_can_apply(t0()), Err(WorkflowError::NotApproved(ProposalStatus::Rejected)));
     }
 
     // ---- apply ----
@@ -837,16 +713,10 @@ mod tests {
     #[test]
     fn apply_lifecycle_with_retry() {
         let mut p = proposal(Environment::Prod, names::HOLDS_TTL_SECONDS, "300");
-        assert_eq!(
-            p.check_can_apply(t0()),
-            Err(WorkflowError::NotApproved(ProposalStatus::Pending))
-        );
+        assert_eq!(p.check_can_apply(t0()), Err(WorkflowError::NotApproved(ProposalStatus::Pending)));
         assert_eq!(
             p.mark_applied(),
-            Err(WorkflowError::InvalidTransition(
-                ProposalStatus::Pending,
-                ProposalStatus::Applied
-            ))
+            Err(WorkflowError::InvalidTransition(ProposalStatus::Pending, ProposalStatus::Applied))
         );
         p.approve(actor("bob"), t0()).expect("approve");
         p.check_can_apply(t0()).expect("approved");
@@ -858,14 +728,8 @@ mod tests {
         assert_eq!(p.status, ProposalStatus::Applied);
         let e = p.mark_applied().expect_err("applied is terminal");
         assert_eq!(e.code(), "invalid_transition");
-        assert_eq!(
-            p.mark_apply_failed().map_err(|e| e.code()),
-            Err("invalid_transition")
-        );
-        assert_eq!(
-            p.check_can_apply(t0()).map_err(|e| e.code()),
-            Err("not_approved")
-        );
+        assert_eq!(p.mark_apply_failed().map_err(|e| e.code()), Err("invalid_transition"));
+        assert_eq!(p.check_can_apply(t0()).map_err(|e| e.code()), Err("not_approved"));
     }
 
     #[test]
@@ -883,9 +747,7 @@ mod tests {
         let current = FlagSet::defaults(env);
         assert_eq!(p.validate_for_apply(&current), Ok(FlagValue::Int(300)));
         // Someone changed the flag meanwhile.
-        let moved = current
-            .with_raw(names::HOLDS_TTL_SECONDS, "240")
-            .expect("valid");
+        let moved = current.with_raw(names::HOLDS_TTL_SECONDS, "240").expect("valid");
         assert_eq!(
             p.validate_for_apply(&moved),
             Err(ChangeRefused::StaleProposal {
@@ -903,9 +765,7 @@ mod tests {
         // Another flag changed meanwhile so that this change now contradicts it.
         // Proposed while merges were off; merges were turned back on before the apply, so
         // writing "adjacency=false" now would break FR001.
-        let no_merges = current
-            .with_raw(names::ALLOCATOR_MERGES_ENABLED, "false")
-            .expect("valid");
+        let no_merges = current.with_raw(names::ALLOCATOR_MERGES_ENABLED, "false").expect("valid");
         let drop_adjacency = propose(
             &no_merges,
             env,
@@ -917,12 +777,7 @@ mod tests {
             t0(),
         )
         .expect("valid with merges off");
-        assert_eq!(
-            drop_adjacency
-                .validate_for_apply(&current)
-                .map_err(|e| e.code()),
-            Err("contradiction")
-        );
+        assert_eq!(drop_adjacency.validate_for_apply(&current).map_err(|e| e.code()), Err("contradiction"));
         assert!(drop_adjacency.validate_for_apply(&no_merges).is_ok());
     }
 
@@ -933,8 +788,7 @@ mod tests {
             WorkflowError::DuplicateApproval(actor("x")).code(),
             WorkflowError::NotPending(ProposalStatus::Applied).code(),
             WorkflowError::NotApproved(ProposalStatus::Pending).code(),
-            WorkflowError::InvalidTransition(ProposalStatus::Pending, ProposalStatus::Applied)
-                .code(),
+            WorkflowError::InvalidTransition(ProposalStatus::Pending, ProposalStatus::Applied).code(),
             WorkflowError::Expired.code(),
             WorkflowError::UnknownFlag("x".into()).code(),
         ];
@@ -956,14 +810,10 @@ mod tests {
     fn rehydrated_proposal_with_unknown_flag_cannot_be_approved() {
         let mut p = proposal(Environment::Prod, names::HOLDS_TTL_SECONDS, "300");
         p.flag = "removed.flag".into();
-        assert_eq!(
-            p.approve(actor("bob"), t0()),
-            Err(WorkflowError::UnknownFlag("removed.flag".into()))
-        );
+        assert_eq!(p.approve(actor("bob"), t0()), Err(WorkflowError::UnknownFlag("removed.flag".into())));
         assert!(p.approvals.is_empty());
         assert_eq!(
-            p.validate_for_apply(&FlagSet::defaults(Environment::Prod))
-                .map_err(|e| e.code()),
+            p.validate_for_apply(&FlagSet::defaults(Environment::Prod)).map_err(|e| e.code()),
             Err("unknown_flag")
         );
     }

@@ -46,10 +46,7 @@ fn walk(v: &Value, out: &mut Vec<MetricRef>) {
         Value::Object(m) => {
             let name = m.get("metricName").or_else(|| m.get("MetricName"));
             if let Some(Value::String(name)) = name {
-                let ns = m
-                    .get("namespace")
-                    .or_else(|| m.get("Namespace"))
-                    .and_then(Value::as_str);
+                let ns = m.get("namespace").or_else(|| m.get("Namespace")).and_then(Value::as_str);
                 if ns.is_none_or(|ns| ns == NAMESPACE) {
                     out.push(MetricRef::CloudWatch(name.clone()));
                 }
@@ -60,9 +57,7 @@ fn walk(v: &Value, out: &mut Vec<MetricRef>) {
             m.values().for_each(|x| walk(x, out));
         }
         Value::Array(xs) => xs.iter().for_each(|x| walk(x, out)),
-        Value::String(s) => {
-            out.extend(extract_datadog_names(s).into_iter().map(MetricRef::Datadog))
-        }
+        Value::String(s) => out.extend(extract_datadog_names(s).into_iter().map(MetricRef::Datadog)),
         _ => {}
     }
 }
@@ -76,22 +71,12 @@ fn cloudwatch_metrics_array(rows: &[Value], out: &mut Vec<MetricRef>) {
         let Some(cells) = row.as_array() else {
             continue;
         };
-        let (Some(ns), Some(name)) = (
-            cells.first().and_then(Value::as_str),
-            cells.get(1).and_then(Value::as_str),
-        ) else {
+        let (Some(ns), Some(name)) = (cells.first().and_then(Value::as_str), cells.get(1).and_then(Value::as_str))
+        else {
             continue;
         };
-        let ns = if ns == "." {
-            prev_ns.clone()
-        } else {
-            ns.to_owned()
-        };
-        let name = if name == "." {
-            prev_name.clone()
-        } else {
-            name.to_owned()
-        };
+        let ns = if ns == "." { prev_ns.clone() } else { ns.to_owned() };
+        let name = if name == "." { prev_name.clone() } else { name.to_owned() };
         if ns == NAMESPACE {
             out.push(MetricRef::CloudWatch(name.clone()));
         }
@@ -116,9 +101,7 @@ pub fn extract_datadog_names(s: &str) -> Vec<String> {
         };
         let mut end = name_start;
         while end < bytes.len()
-            && (bytes[end].is_ascii_lowercase()
-                || bytes[end].is_ascii_digit()
-                || bytes[end] == b'_')
+            && (bytes[end].is_ascii_lowercase() || bytes[end].is_ascii_digit() || bytes[end] == b'_')
         {
             end += 1;
         }
@@ -136,10 +119,7 @@ fn key_column(line: &str) -> (usize, bool) {
     let indent = line.len() - line.trim_start_matches(' ').len();
     let rest = &line[indent..];
     if let Some(after) = rest.strip_prefix("- ") {
-        (
-            indent + 2 + (after.len() - after.trim_start_matches(' ').len()),
-            true,
-        )
+        (indent + 2 + (after.len() - after.trim_start_matches(' ').len()), true)
     } else {
         (indent, false)
     }

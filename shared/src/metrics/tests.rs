@@ -1,44 +1,27 @@
-use super::references::{
-    extract_datadog_names, extract_from_json, extract_from_template_yaml, unknown, MetricRef,
-};
+use super::references::{extract_datadog_names, extract_from_json, extract_from_template_yaml, unknown, MetricRef};
 use super::*;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 
 fn t(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s)
-        .map(|d| d.with_timezone(&Utc))
-        .expect("valid timestamp")
+    DateTime::parse_from_rfc3339(s).map(|d| d.with_timezone(&Utc)).expect("valid timestamp")
 }
 
 fn row(id: i64, at: &str, event_type: &str, context: Value) -> EventRow {
-    EventRow {
-        id,
-        created_at: t(at),
-        source: "holds-api".into(),
-        event_type: event_type.into(),
-        context,
-    }
+    EventRow { id, created_at: t(at), source: "holds-api".into(), event_type: event_type.into(), context }
 }
 
 /// `name{k=v,…}` → value, for exact comparisons.
 fn flatten(data: &[MetricDatum]) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
     for d in data {
-        let dims: Vec<String> = d
-            .dimensions
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
+        let dims: Vec<String> = d.dimensions.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let key = format!("{}{{{}}}", d.name, dims.join(","));
         let val = match &d.value {
             DatumValue::Sum(v) => format!("{v}"),
             DatumValue::Distribution { values, counts } => format!("{values:?}x{counts:?}"),
         };
-        assert!(
-            m.insert(key.clone(), val).is_none(),
-            "duplicate datum {key}"
-        );
+        assert!(m.insert(key.clone(), val).is_none(), "duplicate datum {key}");
     }
     m
 }
@@ -48,44 +31,19 @@ const W0: &str = "2025-11-05T10:00:00Z";
 fn known_rows() -> Vec<EventRow> {
     let at = "2025-11-05T10:00:30Z";
     vec![
-        row(
-            1,
-            at,
-            "hold.created",
-            json!({"operation":"hold","duration_ms":100,"attempt":1}),
-        ),
-        row(
-            2,
-            at,
-            "hold.created",
-            json!({"operation":"hold","duration_ms":200}),
-        ),
+        row(1, at, "hold.created", json!({"operation":"hold","duration_ms":100,"attempt":1})),
+        row(2, at, "hold.created", json!({"operation":"hold","duration_ms":200})),
         row(3, at, "hold.created", json!({"duration_ms":200})),
-        row(
-            4,
-            at,
-            "hold.conflict",
-            json!({"operation":"hold","duration_ms":50,"strict_mode":"enforced"}),
-        ),
+        row(4, at, "hold.conflict", json!({"operation":"hold","duration_ms":50,"strict_mode":"enforced"})),
         row(
             5,
             at,
             "hold.failed",
             json!({"operation":"hold","outcome":"error","error_code":"database_unavailable","duration_ms":1000}),
         ),
-        row(
-            6,
-            at,
-            "hold.failed",
-            json!({"operation":"confirm","outcome":"rejected","error_code":"hold_expired"}),
-        ),
+        row(6, at, "hold.failed", json!({"operation":"confirm","outcome":"rejected","error_code":"hold_expired"})),
         row(7, at, "hold.confirmed", json!({"operation":"confirm"})),
-        row(
-            8,
-            at,
-            "hold.confirmed",
-            json!({"operation":"confirm","attempt":2,"max_attempts":2}),
-        ),
+        row(8, at, "hold.confirmed", json!({"operation":"confirm","attempt":2,"max_attempts":2})),
         row(9, at, "hold.metadata.rejected", json!({})),
         row(
             10,
@@ -93,80 +51,30 @@ fn known_rows() -> Vec<EventRow> {
             "hold.failed",
             json!({"operation":"confirm","outcome":"rejected","error_code":"policy_drift_exhausted","attempt":2,"max_attempts":2}),
         ),
-        row(
-            11,
-            at,
-            "policy.drift.recovered",
-            json!({"operation":"confirm","attempt":2}),
-        ),
-        row(
-            12,
-            at,
-            "policy.drift.failed",
-            json!({"operation":"confirm","attempt":2}),
-        ),
-        row(
-            13,
-            at,
-            "hold.conflict.shadow",
-            json!({"strict_mode":"shadow"}),
-        ),
+        row(11, at, "policy.drift.recovered", json!({"operation":"confirm","attempt":2})),
+        row(12, at, "policy.drift.failed", json!({"operation":"confirm","attempt":2})),
+        row(13, at, "hold.conflict.shadow", json!({"strict_mode":"shadow"})),
         row(14, at, "hold.conflict.shadow", json!({})),
         row(15, at, "quote.completed", json!({"duration_ms":10})),
-        row(
-            16,
-            at,
-            "quote.completed",
-            json!({"duration_ms":30,"outcome":"success"}),
-        ),
-        row(
-            17,
-            at,
-            "email.sent",
-            json!({"email_type":"booking_confirmed","attempt":1}),
-        ),
+        row(16, at, "quote.completed", json!({"duration_ms":30,"outcome":"success"})),
+        row(17, at, "email.sent", json!({"email_type":"booking_confirmed","attempt":1})),
         row(
             18,
             at,
             "email.retried",
             json!({"email_type":"booking_confirmed","attempt":1,"error_code":"provider_transient"}),
         ),
-        row(
-            19,
-            at,
-            "email.sent",
-            json!({"email_type":"booking_confirmed","attempt":2}),
-        ),
-        row(
-            20,
-            at,
-            "email.dead_lettered",
-            json!({"email_type":"weird_type","attempt":5,"max_attempts":5}),
-        ),
+        row(19, at, "email.sent", json!({"email_type":"booking_confirmed","attempt":2})),
+        row(20, at, "email.dead_lettered", json!({"email_type":"weird_type","attempt":5,"max_attempts":5})),
         row(21, at, "email.skipped", json!({"email_type":"cancelled"})),
         row(22, at, "flags.contradiction", json!({})),
         row(23, at, "flags.changed", json!({})),
         row(24, at, "hold.teleported", json!({"operation":"hold"})),
         // Outside [10:00:00, 10:01:00): ignored.
-        row(
-            25,
-            "2025-11-05T10:01:00Z",
-            "hold.created",
-            json!({"operation":"hold"}),
-        ),
-        row(
-            26,
-            "2025-11-05T09:59:59Z",
-            "hold.created",
-            json!({"operation":"hold"}),
-        ),
+        row(25, "2025-11-05T10:01:00Z", "hold.created", json!({"operation":"hold"})),
+        row(26, "2025-11-05T09:59:59Z", "hold.created", json!({"operation":"hold"})),
         // Exactly at the start: included.
-        row(
-            27,
-            W0,
-            "strict.verify.failed",
-            json!({"error_code":"constraint_missing"}),
-        ),
+        row(27, W0, "strict.verify.failed", json!({"error_code":"constraint_missing"})),
     ]
 }
 
@@ -176,64 +84,25 @@ fn aggregate_known_event_set_exactly() {
     assert!(out.iter().all(|d| d.timestamp == t(W0)));
     let got = flatten(&out);
     let expected: BTreeMap<String, String> = [
-        (
-            "AssignmentSuccessRate{Environment=prod}",
-            format!("{}", 100.0 * 5.0 / 7.0),
-        ),
+        ("AssignmentSuccessRate{Environment=prod}", format!("{}", 100.0 * 5.0 / 7.0)),
         ("Conflicts{Environment=prod,Mode=enforced}", "1".into()),
         ("Conflicts{Environment=prod,Mode=shadow}", "2".into()),
         ("Cutoffs{Environment=prod,Operation=confirm}", "1".into()),
         ("Cutoffs{Environment=prod,Operation=send}", "1".into()),
-        (
-            "EmailsDeadLettered{Environment=prod,EmailType=other}",
-            "1".into(),
-        ),
-        (
-            "EmailsRetried{Environment=prod,EmailType=booking_confirmed}",
-            "1".into(),
-        ),
-        (
-            "EmailsSent{Environment=prod,EmailType=booking_confirmed}",
-            "2".into(),
-        ),
+        ("EmailsDeadLettered{Environment=prod,EmailType=other}", "1".into()),
+        ("EmailsRetried{Environment=prod,EmailType=booking_confirmed}", "1".into()),
+        ("EmailsSent{Environment=prod,EmailType=booking_confirmed}", "2".into()),
         ("Errors{Environment=prod,Operation=hold}", "1".into()),
-        (
-            "ErrorsByCode{Environment=prod,ErrorCode=database_unavailable}",
-            "1".into(),
-        ),
-        (
-            "ErrorsByCode{Environment=prod,ErrorCode=hold_conflict}",
-            "1".into(),
-        ),
-        (
-            "ErrorsByCode{Environment=prod,ErrorCode=hold_expired}",
-            "1".into(),
-        ),
-        (
-            "ErrorsByCode{Environment=prod,ErrorCode=metadata_incomplete}",
-            "1".into(),
-        ),
-        (
-            "ErrorsByCode{Environment=prod,ErrorCode=policy_drift_exhausted}",
-            "1".into(),
-        ),
-        (
-            "ErrorsByCode{Environment=prod,ErrorCode=provider_transient}",
-            "1".into(),
-        ),
-        (
-            "ErrorsByCode{Environment=prod,ErrorCode=strict_constraint_missing}",
-            "1".into(),
-        ),
+        ("ErrorsByCode{Environment=prod,ErrorCode=database_unavailable}", "1".into()),
+        ("ErrorsByCode{Environment=prod,ErrorCode=hold_conflict}", "1".into()),
+        ("ErrorsByCode{Environment=prod,ErrorCode=hold_expired}", "1".into()),
+        ("ErrorsByCode{Environment=prod,ErrorCode=metadata_incomplete}", "1".into()),
+        ("ErrorsByCode{Environment=prod,ErrorCode=policy_drift_exhausted}", "1".into()),
+        ("ErrorsByCode{Environment=prod,ErrorCode=provider_transient}", "1".into()),
+        ("ErrorsByCode{Environment=prod,ErrorCode=strict_constraint_missing}", "1".into()),
         ("FlagContradictions{Environment=prod}", "1".into()),
-        (
-            "Latency{Environment=prod,Operation=hold}",
-            "[50.0, 100.0, 200.0, 1000.0]x[1.0, 1.0, 2.0, 1.0]".into(),
-        ),
-        (
-            "Latency{Environment=prod,Operation=quote}",
-            "[10.0, 30.0]x[1.0, 1.0]".into(),
-        ),
+        ("Latency{Environment=prod,Operation=hold}", "[50.0, 100.0, 200.0, 1000.0]x[1.0, 1.0, 2.0, 1.0]".into()),
+        ("Latency{Environment=prod,Operation=quote}", "[10.0, 30.0]x[1.0, 1.0]".into()),
         ("MetadataRejects{Environment=prod}", "1".into()),
         ("PolicyDriftFailed{Environment=prod}", "1".into()),
         ("PolicyDriftRecovered{Environment=prod}", "1".into()),
@@ -274,10 +143,7 @@ fn success_rate_needs_a_denominator_and_empty_window_is_empty() {
         row(3, at, "quote.completed", json!({})),
     ];
     let out = aggregate_window("prod", t(W0), Duration::minutes(1), &rows);
-    let rate = out
-        .iter()
-        .find(|d| d.name == names::ASSIGNMENT_SUCCESS_RATE)
-        .map(|d| d.value.clone());
+    let rate = out.iter().find(|d| d.name == names::ASSIGNMENT_SUCCESS_RATE).map(|d| d.value.clone());
     assert_eq!(rate, Some(DatumValue::Sum(50.0)));
     // A zero-length window aggregates nothing.
     assert!(aggregate_window("prod", t(W0), Duration::zero(), &rows).is_empty());
@@ -285,40 +151,13 @@ fn success_rate_needs_a_denominator_and_empty_window_is_empty() {
 
 #[test]
 fn hold_failed_without_outcome_counts_as_server_error() {
-    let rows = vec![row(
-        1,
-        "2025-11-05T10:00:10Z",
-        "hold.failed",
-        json!({"operation":"hold"}),
-    )];
-    let got = flatten(&aggregate_window(
-        "prod",
-        t(W0),
-        Duration::minutes(1),
-        &rows,
-    ));
-    assert_eq!(
-        got.get("Errors{Environment=prod,Operation=hold}")
-            .map(String::as_str),
-        Some("1")
-    );
-    assert_eq!(
-        got.get("ErrorsByCode{Environment=prod,ErrorCode=other}")
-            .map(String::as_str),
-        Some("1")
-    );
+    let rows = vec![row(1, "2025-11-05T10:00:10Z", "hold.failed", json!({"operation":"hold"}))];
+    let got = flatten(&aggregate_window("prod", t(W0), Duration::minutes(1), &rows));
+    assert_eq!(got.get("Errors{Environment=prod,Operation=hold}").map(String::as_str), Some("1"));
+    assert_eq!(got.get("ErrorsByCode{Environment=prod,ErrorCode=other}").map(String::as_str), Some("1"));
 }
 
-const PII: &[&str] = &[
-    "Jane",
-    "Doe",
-    "jane.doe@example.com",
-    "example.com",
-    "7700",
-    "allergic",
-    "Baker",
-    "vip_jane",
-];
+const PII: &[&str] = &["Jane", "Doe", "jane.doe@example.com", "example.com", "7700", "allergic", "Baker", "vip_jane"];
 
 #[test]
 fn aggregation_output_carries_no_pii() {
@@ -331,11 +170,8 @@ fn aggregation_output_carries_no_pii() {
         "request_id": "jane.doe@example.com", "hold_id": "Jane Doe",
         "duration_ms": "7700900123", "attempt": "Jane"
     });
-    let mut rows: Vec<EventRow> = EventType::ALL
-        .iter()
-        .enumerate()
-        .map(|(i, et)| row(i as i64, at, et.as_str(), pii.clone()))
-        .collect();
+    let mut rows: Vec<EventRow> =
+        EventType::ALL.iter().enumerate().map(|(i, et)| row(i as i64, at, et.as_str(), pii.clone())).collect();
     rows.push(EventRow {
         id: 99,
         created_at: t(at),
@@ -359,9 +195,7 @@ fn aggregation_output_carries_no_pii() {
         }
     }
     // The code-shaped "vip_jane" would pass the sanitizer but must be bucketed.
-    assert!(out
-        .iter()
-        .any(|d| d.name == names::ERRORS_BY_CODE && d.dimension(dims::ERROR_CODE) == Some(OTHER)));
+    assert!(out.iter().any(|d| d.name == names::ERRORS_BY_CODE && d.dimension(dims::ERROR_CODE) == Some(OTHER)));
 }
 
 #[test]
@@ -395,26 +229,13 @@ fn catalogue_is_exact_and_bounded() {
     for m in METRICS {
         assert_eq!(m.dimensions.first(), Some(&dims::ENVIRONMENT), "{}", m.name);
         for d in &m.dimensions[1..] {
-            assert!(
-                dimension_values(d).is_some(),
-                "{}: unbounded dimension {d}",
-                m.name
-            );
+            assert!(dimension_values(d).is_some(), "{}: unbounded dimension {d}", m.name);
         }
         assert!(!m.description.is_empty());
     }
-    assert_eq!(
-        metric_def("Latency").map(|m| (m.unit, m.kind)),
-        Some((Unit::Milliseconds, MetricKind::Distribution))
-    );
-    assert_eq!(
-        metric_def("AssignmentSuccessRate").map(|m| m.unit),
-        Some(Unit::Percent)
-    );
-    assert_eq!(
-        metric_def("OutboxLagSeconds").map(|m| m.unit),
-        Some(Unit::Seconds)
-    );
+    assert_eq!(metric_def("Latency").map(|m| (m.unit, m.kind)), Some((Unit::Milliseconds, MetricKind::Distribution)));
+    assert_eq!(metric_def("AssignmentSuccessRate").map(|m| m.unit), Some(Unit::Percent));
+    assert_eq!(metric_def("OutboxLagSeconds").map(|m| m.unit), Some(Unit::Seconds));
     assert_eq!(metric_def("RestaurantRequests"), None);
     assert_eq!(bucket_error_code(Some("hold_conflict")), "hold_conflict");
     assert_eq!(bucket_error_code(Some("made_up")), OTHER);
@@ -427,18 +248,11 @@ fn catalogue_is_exact_and_bounded() {
 fn datadog_names_and_tags() {
     assert_eq!(datadog_name("Requests"), "holdfast.requests");
     assert_eq!(datadog_name("ErrorsByCode"), "holdfast.errors_by_code");
-    assert_eq!(
-        datadog_name("OutboxLagSeconds"),
-        "holdfast.outbox_lag_seconds"
-    );
+    assert_eq!(datadog_name("OutboxLagSeconds"), "holdfast.outbox_lag_seconds");
     assert_eq!(datadog_name("DlqDepth"), "holdfast.dlq_depth");
     let mut seen = std::collections::BTreeSet::new();
     for m in METRICS {
-        assert!(
-            seen.insert(datadog_name(m.name)),
-            "datadog name clash for {}",
-            m.name
-        );
+        assert!(seen.insert(datadog_name(m.name)), "datadog name clash for {}", m.name);
     }
     let d = gauge("prod", Gauge::DlqDepth, 3.0, t(W0));
     assert_eq!(d.datadog_tags(), vec!["env:prod".to_owned()]);
@@ -452,28 +266,11 @@ fn gauges() {
     assert_eq!(d.name, "OutboxLagSeconds");
     assert_eq!(d.unit, Unit::Seconds);
     assert_eq!(d.value, DatumValue::Sum(42.5));
-    assert_eq!(
-        d.dimensions,
-        vec![(dims::ENVIRONMENT, "staging".to_owned())]
-    );
-    assert_eq!(
-        gauge("p", Gauge::DlqDepth, f64::NAN, t(W0)).value,
-        DatumValue::Sum(0.0)
-    );
-    assert_eq!(
-        gauge("p", Gauge::OutboxPending, -1.0, t(W0)).value,
-        DatumValue::Sum(0.0)
-    );
-    assert_eq!(
-        gauge("p", Gauge::StrictRolloutPercent, 50.0, t(W0)).unit,
-        Unit::Percent
-    );
-    for g in [
-        Gauge::DlqDepth,
-        Gauge::OutboxPending,
-        Gauge::OutboxLagSeconds,
-        Gauge::StrictRolloutPercent,
-    ] {
+    assert_eq!(d.dimensions, vec![(dims::ENVIRONMENT, "staging".to_owned())]);
+    assert_eq!(gauge("p", Gauge::DlqDepth, f64::NAN, t(W0)).value, DatumValue::Sum(0.0));
+    assert_eq!(gauge("p", Gauge::OutboxPending, -1.0, t(W0)).value, DatumValue::Sum(0.0));
+    assert_eq!(gauge("p", Gauge::StrictRolloutPercent, 50.0, t(W0)).unit, Unit::Percent);
+    for g in [Gauge::DlqDepth, Gauge::OutboxPending, Gauge::OutboxLagSeconds, Gauge::StrictRolloutPercent] {
         let def = metric_def(g.name()).expect("in catalogue");
         assert_eq!((def.kind, def.unit), (MetricKind::Gauge, g.unit()));
     }
@@ -494,9 +291,7 @@ fn latency_distribution_is_exact_when_small_and_within_one_percent_when_bucketed
     assert_eq!(chunks[0].1[1], 3.0); // value 7 seen three times
 
     // A deterministic heavy-tailed spread of 20 000 distinct-ish values.
-    let mut values: Vec<u64> = (0..20_000u64)
-        .map(|i| (i * i) % 97_003 + (i % 13))
-        .collect();
+    let mut values: Vec<u64> = (0..20_000u64).map(|i| (i * i) % 97_003 + (i % 13)).collect();
     let chunks = latency_distribution(&values);
     assert!(chunks.len() > 1, "expected several datums");
     let (mut vs, mut cs) = (Vec::new(), Vec::new());
@@ -510,49 +305,28 @@ fn latency_distribution_is_exact_when_small_and_within_one_percent_when_bucketed
     for p in [1.0, 50.0, 90.0, 95.0, 99.0, 99.9, 100.0] {
         let exact = exact_percentile(&values, p);
         let approx = distribution_percentile(&vs, &cs, p).expect("non-empty");
-        let err = if exact == 0.0 {
-            approx
-        } else {
-            (approx - exact).abs() / exact
-        };
+        let err = if exact == 0.0 { approx } else { (approx - exact).abs() / exact };
         assert!(err <= 0.01, "p{p}: exact {exact} approx {approx} err {err}");
     }
     assert_eq!(distribution_percentile(&[], &[], 95.0), None);
-    assert_eq!(
-        distribution_percentile(&[5.0, 1.0], &[1.0, 19.0], 95.0),
-        Some(1.0)
-    );
-    assert_eq!(
-        distribution_percentile(&[5.0, 1.0], &[2.0, 18.0], 95.0),
-        Some(5.0)
-    );
+    assert_eq!(distribution_percentile(&[5.0, 1.0], &[1.0, 19.0], 95.0), Some(1.0));
+    assert_eq!(distribution_percentile(&[5.0, 1.0], &[2.0, 18.0], 95.0), Some(5.0));
 }
 
 #[test]
 fn cloudwatch_chunking_respects_limits() {
     assert!(chunk_for_cloudwatch(&[]).is_empty());
-    let sums: Vec<MetricDatum> = (0..2500)
-        .map(|i| gauge("p", Gauge::DlqDepth, i as f64, t(W0)))
-        .collect();
+    let sums: Vec<MetricDatum> = (0..2500).map(|i| gauge("p", Gauge::DlqDepth, i as f64, t(W0))).collect();
     let calls = chunk_for_cloudwatch(&sums);
-    assert_eq!(
-        calls.iter().map(Vec::len).collect::<Vec<_>>(),
-        vec![1000, 1000, 500]
-    );
+    assert_eq!(calls.iter().map(Vec::len).collect::<Vec<_>>(), vec![1000, 1000, 500]);
     assert!(std::ptr::eq(calls[1][0], &sums[1000]), "order preserved");
 
     let dist = MetricDatum {
         name: names::LATENCY,
-        dimensions: vec![
-            (dims::ENVIRONMENT, "p".into()),
-            (dims::OPERATION, "hold".into()),
-        ],
+        dimensions: vec![(dims::ENVIRONMENT, "p".into()), (dims::OPERATION, "hold".into())],
         unit: Unit::Milliseconds,
         timestamp: t(W0),
-        value: DatumValue::Distribution {
-            values: vec![1.0; 150],
-            counts: vec![1.0; 150],
-        },
+        value: DatumValue::Distribution { values: vec![1.0; 150], counts: vec![1.0; 150] },
     };
     let dists = vec![dist; 40];
     let calls = chunk_for_cloudwatch(&dists);
@@ -571,14 +345,8 @@ fn window_helpers() {
     let grace = Duration::seconds(DEFAULT_LATE_EVENT_GRACE_SECONDS);
     // At 10:03:00 the 10:00 window ended 120 s ago: not yet (> grace required).
     assert!(closed_windows(t(W0), t("2025-11-05T10:03:00Z"), w, grace, 10).is_empty());
-    assert_eq!(
-        closed_windows(t(W0), t("2025-11-05T10:04:30Z"), w, grace, 10),
-        vec![t(W0), t("2025-11-05T10:01:00Z")]
-    );
-    assert_eq!(
-        closed_windows(t(W0), t("2025-11-05T12:00:00Z"), w, grace, 3).len(),
-        3
-    );
+    assert_eq!(closed_windows(t(W0), t("2025-11-05T10:04:30Z"), w, grace, 10), vec![t(W0), t("2025-11-05T10:01:00Z")]);
+    assert_eq!(closed_windows(t(W0), t("2025-11-05T12:00:00Z"), w, grace, 3).len(), 3);
 
     let mut rows = vec![
         row(1, "2025-11-05T09:58:10Z", "hold.created", json!({})),
@@ -587,11 +355,7 @@ fn window_helpers() {
     assert_eq!(restamp_late_rows(&mut rows, t(W0)), 1);
     let out = aggregate_window("prod", t(W0), w, &rows);
     let got = flatten(&out);
-    assert_eq!(
-        got.get("Requests{Environment=prod,Operation=hold}")
-            .map(String::as_str),
-        Some("2")
-    );
+    assert_eq!(got.get("Requests{Environment=prod,Operation=hold}").map(String::as_str), Some("2"));
 }
 
 #[test]
@@ -632,10 +396,7 @@ fn reference_extractor_finds_good_and_bad_metrics() {
             MetricRef::Datadog("holdfast.reqests".into()),
         ]
     );
-    assert_eq!(
-        extract_datadog_names("p95:holdfast.latency{env:prod}"),
-        vec!["holdfast.latency"]
-    );
+    assert_eq!(extract_datadog_names("p95:holdfast.latency{env:prod}"), vec!["holdfast.latency"]);
     assert!(extract_datadog_names("holdfast. nothing").is_empty());
 }
 
@@ -683,17 +444,11 @@ Resources:
             MetricRef::CloudWatch("Requestz".into()),
         ]
     );
-    assert_eq!(
-        unknown(&refs),
-        vec![MetricRef::CloudWatch("Requestz".into())]
-    );
+    assert_eq!(unknown(&refs), vec![MetricRef::CloudWatch("Requestz".into())]);
 }
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("shared/ has a parent")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("shared/ has a parent").to_path_buf()
 }
 
 fn json_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -725,8 +480,8 @@ fn dashboards_and_template_reference_only_catalogue_metrics() {
     let mut problems = Vec::new();
     for f in &files {
         let text = std::fs::read_to_string(f).expect("readable");
-        let doc: Value = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("{} is not valid JSON: {e}", f.display()));
+        let doc: Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not valid JSON: {e}", f.display()));
         let refs = extract_from_json(&doc);
         if refs.is_empty() {
             problems.push(format!("{}: references no metric at all", f.display()));
@@ -738,9 +493,7 @@ fn dashboards_and_template_reference_only_catalogue_metrics() {
     let template = root.join("infra/template.yaml");
     if let Ok(text) = std::fs::read_to_string(&template) {
         for r in unknown(&extract_from_template_yaml(&text)) {
-            problems.push(format!(
-                "infra/template.yaml: {r:?} is not in the catalogue"
-            ));
+            problems.push(format!("infra/template.yaml: {r:?} is not in the catalogue"));
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
@@ -748,14 +501,9 @@ fn dashboards_and_template_reference_only_catalogue_metrics() {
 
 #[test]
 fn metrics_doc_lists_every_metric_and_dimension_value() {
-    let doc =
-        std::fs::read_to_string(repo_root().join("docs/metrics.md")).expect("docs/metrics.md");
+    let doc = std::fs::read_to_string(repo_root().join("docs/metrics.md")).expect("docs/metrics.md");
     for m in METRICS {
-        assert!(
-            doc.contains(&format!("| `{}` |", m.name)),
-            "docs/metrics.md lacks {}",
-            m.name
-        );
+        assert!(doc.contains(&format!("| `{}` |", m.name)), "docs/metrics.md lacks {}", m.name);
     }
     for code in KNOWN_ERROR_CODES.iter().chain(EMAIL_TYPES) {
         assert!(doc.contains(code), "docs/metrics.md lacks {code}");

@@ -1,0 +1,200 @@
+//! Synthetic rush: N concurrent quote → hold → confirm flows against a holds API (the local
+//! gateway or a deployed stage), then a summary with an independent SQL double-booking check.
+
+use crate::Res;
+use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub struct RushArgs {
+    pub base_url: String,
+    pub token: String,
+    pub restaurant: String,
+    pub flows: usize,
+    pub concurrency: usize,
+    /// Distinct start times the flows compete for (fewer = more contention).
+    pub slots: usize,
+    pub party: u16,
+    pub start: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Default)]
+struct FlowResult {
+    quote_ms: Option<f64>,
+    hold_ms: Option<f64>,
+    confirm_ms: Option<f64>,
+    hold_status: Option<u16>,
+    confirmed: bool,
+    server_errors: usize,
+    transport_errors: usize,
+}
+
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+async fn post(client: &reqwest::Client, a: &RushArgs, path: &str, body: serde_json::Value) -> Result<(u16, serde_json::Value, f64), reqwest::Error> {
+    let t = Instant::now();
+    let resp = client
+        .post(format!("{}{}", a.base_url, path))
+        .header("authorization", format!("Bearer {}", a.token))
+        .json(&body)
+        .send()
+        .await?;
+    let status = resp.status().as_u16();
+    let v: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
+    Ok((status, v, t.elapsed().as_secs_f64() * 1000.0))
+}
+
+async fn flow(client: &reqwest::Client, a: &RushArgs, i: usize) -> FlowResult {
+    let mut r = FlowResult::default();
+    let start = a.start + chrono::Duration::minutes(30 * (i % a.slots.max(1)) as i64);
+    let q = post(client, a, &format!("/restaurants/{}/quotes", a.restaurant), serde_json::json!({"party_size": a.party, "start": start})).await;
+    let tables = match q {
+        Ok((s, v, ms)) => {
+            r.quote_ms = Some(ms);
+            if s >= 500 {
+                r.server_errors += 1;
+            }
+            if s != 200 {
+                return r;
+            }
+            v["table_ids"].clone()
+        }
+        Err(_) => {
+            r.transport_errors += 1;
+            return r;
+        }
+    };
+    let h = post(client, a, "/holds", serde_json::json!({"restaurant_id": a.restaurant, "party_size": a.party, "start": start, "table_ids": tables})).await;
+    let hold_id = match h {
+        Ok((s, v, ms)) => {
+            r.hold_ms = Some(ms);
+            r.hold_status = Some(s);
+            if s >= 500 {
+                r.server_errors += 1;
+            }
+            if s != 201 {
+                return r;
+            }
+            v["hold_id"].as_str().unwrap_or_default().to_string()
+        }
+        Err(_) => {
+            r.transport_errors += 1;
+            return r;
+        }
+    };
+    // Synthetic guest: reserved .invalid domain, no real person.
+    let guest = serde_json::json!({"guest": {"name": format!("Rush Guest {i}"), "email": format!("rush+{i}@example.invalid")}});
+    match post(client, a, &format!("/holds/{hold_id}/confirm"), guest).await {
+        Ok((s, _, ms)) => {
+            r.confirm_ms = Some(ms);
+            r.confirmed = s == 200;
+            if s >= 500 {
+                r.server_errors += 1;
+            }
+        }
+        Err(_) => r.transport_errors += 1,
+    }
+    r
+}
+
+pub struct RushSummary {
+    pub flows: usize,
+    pub holds_won: usize,
+    pub holds_lost: usize,
+    pub confirmed: usize,
+    pub server_errors: usize,
+    pub transport_errors: usize,
+    pub hold_latency_ms: (f64, f64, f64),
+    pub all_latency_ms: (f64, f64, f64),
+    pub elapsed: Duration,
+}
+
+pub async fn run(a: RushArgs) -> Result<RushSummary, Box<dyn std::error::Error + Send + Sync>> {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(a.concurrency).timeout(Duration::from_secs(30)).build()?;
+    let a = Arc::new(a);
+    let next = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..a.concurrency.max(1) {
+        let (a, next, done, client) = (a.clone(), next.clone(), done.clone(), client.clone());
+        workers.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= a.flows {
+                    break;
+                }
+                out.push(flow(&client, &a, i).await);
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            out
+        }));
+    }
+    let progress = {
+        let (done, total) = (done.clone(), a.flows);
+        tokio::spawn(async move {
+            loop {
+                let d = done.load(Ordering::Relaxed);
+                let width = 40;
+                let filled = if total == 0 { width } else { d * width / total };
+                eprint!("\r[{}{}] {d}/{total} flows", "#".repeat(filled), ".".repeat(width - filled));
+                let _ = std::io::stderr().flush();
+                if d >= total {
+                    eprintln!();
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let mut results = Vec::new();
+    for w in workers {
+        results.extend(w.await?);
+    }
+    let _ = progress.await;
+    let elapsed = started.elapsed();
+    let mut hold: Vec<f64> = results.iter().filter_map(|r| r.hold_ms).collect();
+    let mut all: Vec<f64> = results.iter().flat_map(|r| [r.quote_ms, r.hold_ms, r.confirm_ms]).flatten().collect();
+    hold.sort_by(f64::total_cmp);
+    all.sort_by(f64::total_cmp);
+    let p = |v: &[f64]| (percentile(v, 50.0), percentile(v, 95.0), percentile(v, 99.0));
+    Ok(RushSummary {
+        flows: a.flows,
+        holds_won: results.iter().filter(|r| r.hold_status == Some(201)).count(),
+        holds_lost: results.iter().filter(|r| r.hold_status == Some(409)).count(),
+        confirmed: results.iter().filter(|r| r.confirmed).count(),
+        server_errors: results.iter().map(|r| r.server_errors).sum(),
+        transport_errors: results.iter().map(|r| r.transport_errors).sum(),
+        hold_latency_ms: p(&hold),
+        all_latency_ms: p(&all),
+        elapsed,
+    })
+}
+
+/// Count overlapping active exclusive claims (must be 0) and other after-the-fact figures.
+pub async fn database_figures(pool: &deadpool_postgres::Pool) -> Res<(i64, i64, i64, i64)> {
+    let c = pool.get().await?;
+    let overlaps: i64 = c
+        .query_one(
+            "SELECT count(*) FROM table_claims a JOIN table_claims b
+               ON a.table_id = b.table_id AND a.id < b.id AND a.during && b.during
+             WHERE a.active AND b.active AND a.exclusive AND b.exclusive",
+            &[],
+        )
+        .await?
+        .get(0);
+    let outbox_published: i64 =
+        c.query_one("SELECT count(*) FROM email_outbox WHERE published_at IS NOT NULL", &[]).await?.get(0);
+    let outbox_pending: i64 =
+        c.query_one("SELECT count(*) FROM email_outbox WHERE published_at IS NULL AND dead_at IS NULL", &[]).await?.get(0);
+    let events: i64 = c.query_one("SELECT count(*) FROM observability_events", &[]).await?.get(0);
+    Ok((overlaps, outbox_published, outbox_pending, events))
+}
