@@ -69,27 +69,27 @@ impl Config {
         } else {
             let host = get_nonempty("DATABASE_HOST").ok_or(ConfigError::Missing("DATABASE_URL or DATABASE_HOST"))?;
             let dbname = get_nonempty("DATABASE_NAME").ok_or(ConfigError::Missing("DATABASE_NAME"))?;
-            let secret_arn =
-                get_nonempty("DATABASE_SECRET_ARN").ok_or(ConfigError::Missing("DATABASE_SECRET_ARN"))?;
+            let secret_arn = get_nonempty("DATABASE_SECRET_ARN").ok_or(ConfigError::Missing("DATABASE_SECRET_ARN"))?;
             let port = match get_nonempty("DATABASE_PORT") {
                 None => 5432,
-                Some(p) => p.parse().map_err(|_| ConfigError::Invalid {
-                    name: "DATABASE_PORT",
-                    reason: "not a port number".into(),
-                })?,
+                Some(p) => p
+                    .parse()
+                    .map_err(|_| ConfigError::Invalid { name: "DATABASE_PORT", reason: "not a port number".into() })?,
             };
             DatabaseSource::Secret { host, port, dbname, secret_arn }
         };
 
         let db_pool_size = match get_nonempty("DATABASE_POOL_SIZE") {
             None => 4,
-            Some(v) => v.parse::<usize>().ok().filter(|n| (1..=256).contains(n)).ok_or(
-                ConfigError::Invalid { name: "DATABASE_POOL_SIZE", reason: "expected 1..=256".into() },
-            )?,
+            Some(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=256).contains(n))
+                .ok_or(ConfigError::Invalid { name: "DATABASE_POOL_SIZE", reason: "expected 1..=256".into() })?,
         };
 
-        let ssm_prefix = get_nonempty("HOLDFAST_SSM_PREFIX")
-            .unwrap_or_else(|| format!("/holdfast/{}", environment.as_str()));
+        let ssm_prefix =
+            get_nonempty("HOLDFAST_SSM_PREFIX").unwrap_or_else(|| format!("/holdfast/{}", environment.as_str()));
         if !ssm_prefix.starts_with('/') || ssm_prefix.ends_with('/') {
             return Err(ConfigError::Invalid {
                 name: "HOLDFAST_SSM_PREFIX",

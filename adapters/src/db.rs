@@ -104,7 +104,8 @@ pub fn pool_from_pg_config(mut pg: tokio_postgres::Config, size: usize) -> Resul
 }
 
 pub fn pool_from_url(url: &str, size: usize) -> Result<Pool, DbSetupError> {
-    let pg: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| DbSetupError::BadUrl(e.to_string()))?;
+    let pg: tokio_postgres::Config =
+        url.parse().map_err(|e: tokio_postgres::Error| DbSetupError::BadUrl(e.to_string()))?;
     pool_from_pg_config(pg, size)
 }
 
@@ -121,13 +122,15 @@ pub async fn pool_from_config(cfg: &Config, ssm: &aws_sdk_ssm::Client) -> Result
                 .send()
                 .await
                 .map_err(|e| DbSetupError::Credentials(format!("{}", aws_sdk_ssm::error::DisplayErrorContext(&e))))?;
-            let raw = out.parameter.and_then(|p| p.value).ok_or_else(|| DbSetupError::Credentials("empty secret".into()))?;
+            let raw =
+                out.parameter.and_then(|p| p.value).ok_or_else(|| DbSetupError::Credentials("empty secret".into()))?;
             #[derive(serde::Deserialize)]
             struct Secret {
                 username: String,
                 password: String,
             }
-            let s: Secret = serde_json::from_str(&raw).map_err(|_| DbSetupError::Credentials("secret is not {username,password} JSON".into()))?;
+            let s: Secret = serde_json::from_str(&raw)
+                .map_err(|_| DbSetupError::Credentials("secret is not {username,password} JSON".into()))?;
             let mut pg = tokio_postgres::Config::new();
             pg.host(host).port(*port).dbname(dbname).user(&s.username).password(&s.password);
             pool_from_pg_config(pg, cfg.db_pool_size)

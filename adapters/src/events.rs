@@ -5,7 +5,8 @@ use crate::db::DbFault;
 use deadpool_postgres::{GenericClient, Pool};
 use holdfast_shared::events::ObservabilityEvent;
 
-const INSERT: &str = "INSERT INTO observability_events (source, event_type, severity, restaurant_id, booking_id, context)
+const INSERT: &str =
+    "INSERT INTO observability_events (source, event_type, severity, restaurant_id, booking_id, context)
      VALUES ($1, $2, $3, $4, $5, $6)";
 
 #[derive(Clone)]

@@ -196,7 +196,6 @@ impl FlagLoader {
 fn contradiction_event(source: Source, violations: &[RuleViolation]) -> ObservabilityEvent {
     let first = violations.iter().find(|v| v.severity == Severity::Error).or_else(|| violations.first());
     let code = first.map(|v| v.rule_id.to_ascii_lowercase()).unwrap_or_default();
-    ObservabilityEvent::new(source, EventType::FlagsContradiction).context(
-        EventContext::new().operation(Operation::FlagChange).outcome(Outcome::Error).error_code_str(&code),
-    )
+    ObservabilityEvent::new(source, EventType::FlagsContradiction)
+        .context(EventContext::new().operation(Operation::FlagChange).outcome(Outcome::Error).error_code_str(&code))
 }

@@ -49,8 +49,12 @@ impl Problem {
     }
 
     pub fn unavailable() -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "database_unavailable", "the service is temporarily unavailable; retry")
-            .retry_after(2)
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_unavailable",
+            "the service is temporarily unavailable; retry",
+        )
+        .retry_after(2)
     }
 
     pub fn into_response(self) -> Response<Body> {
@@ -112,7 +116,9 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
         // serde reports a missing field at its parent's path; an unknown one at its own path.
         let field = match backticked(&msg) {
             Some(f) if msg.starts_with("missing field") && path != "." => format!("{path}.{f}"),
-            Some(f) if path == "." && (msg.starts_with("missing field") || msg.starts_with("unknown field")) => f.to_string(),
+            Some(f) if path == "." && (msg.starts_with("missing field") || msg.starts_with("unknown field")) => {
+                f.to_string()
+            }
             _ => path,
         };
         // Drop serde's "at line X column Y" suffix: the field name is the useful part.
@@ -144,20 +150,26 @@ pub fn caller(req: &Request) -> Option<String> {
 
 /// API Gateway's request id, for correlating logs and events.
 pub fn request_id(req: &Request) -> Option<String> {
-    req.lambda_context_ref()
-        .map(|c| c.request_id.clone())
-        .filter(|s| !s.is_empty())
-        .or_else(|| match req.request_context_ref()? {
+    req.lambda_context_ref().map(|c| c.request_id.clone()).filter(|s| !s.is_empty()).or_else(|| {
+        match req.request_context_ref()? {
             lambda_http::request::RequestContext::ApiGatewayV2(c) => c.request_id.clone(),
             #[allow(unreachable_patterns)]
             _ => None,
-        })
+        }
+    })
 }
 
 /// The API Gateway HTTP API (payload v2) event for a request, as Lambda receives it, with the
 /// JWT authorizer's `sub` claim. Used by the local gateway and by tests, which then parse it
 /// with `lambda_http::request::from_str` — the same code path as in AWS.
-pub fn apigw_v2_event(method: &str, path: &str, query: &str, headers: &[(String, String)], body: &str, sub: Option<&str>) -> Value {
+pub fn apigw_v2_event(
+    method: &str,
+    path: &str,
+    query: &str,
+    headers: &[(String, String)],
+    body: &str,
+    sub: Option<&str>,
+) -> Value {
     let mut hdrs = serde_json::Map::new();
     for (k, v) in headers {
         hdrs.insert(k.to_ascii_lowercase(), json!(v));

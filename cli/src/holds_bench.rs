@@ -19,14 +19,14 @@ const RESTAURANT: &str = "5d2c1f3e-0000-4000-8000-0000000be7c0";
 /// pgbench script: the statements the handler's hold path runs (the hold and claim inserts
 /// are folded into one statement, which favours pgbench).
 const PGBENCH_SCRIPT: &str = r#"SELECT nextval('bench_day') AS day \gset
-SELECT id AS tid, min_party AS party FROM restaurant_tables ORDER BY id OFFSET (:client_id % 8) LIMIT 1 \gset
+SELECT id AS tid, min_party AS party FROM restaurant_tables ORDER BY id OFFSET (CAST(:client_id AS int) % 8) LIMIT 1 \gset
 BEGIN;
-SELECT body FROM booking_policies WHERE restaurant_id = ':rid' ORDER BY version DESC LIMIT 1;
-SELECT id FROM restaurant_tables WHERE id = ANY(ARRAY[':tid']::uuid[]) ORDER BY id FOR NO KEY UPDATE;
-UPDATE table_claims SET active = false WHERE active AND kind = 'hold' AND expires_at <= now() AND table_id = ANY(ARRAY[':tid']::uuid[]) AND during && tstzrange(timestamptz '2040-01-01 19:00+00' + make_interval(days => :day), timestamptz '2040-01-01 21:00+00' + make_interval(days => :day), '[)');
-WITH h AS (INSERT INTO holds (id, restaurant_id, party_size, starts_at, ends_at, blocked, status, strict_mode, expires_at, policy_version, policy_hash, table_ids, selection_snapshot) VALUES (gen_random_uuid(), ':rid', :party, timestamptz '2040-01-01 19:00+00' + make_interval(days => :day), timestamptz '2040-01-01 20:30+00' + make_interval(days => :day), tstzrange(timestamptz '2040-01-01 19:00+00' + make_interval(days => :day), timestamptz '2040-01-01 21:00+00' + make_interval(days => :day), '[)'), 'held', 'enforced', now() + interval '180 seconds', 1, repeat('a', 64), ARRAY[':tid']::uuid[], '{"strategy":"single"}') RETURNING id, expires_at, blocked) INSERT INTO table_claims (restaurant_id, table_id, kind, hold_id, during, expires_at, exclusive) SELECT ':rid', ':tid', 'hold', h.id, h.blocked, h.expires_at, true FROM h;
+SELECT body FROM booking_policies WHERE restaurant_id = CAST(:rid AS uuid) ORDER BY version DESC LIMIT 1;
+SELECT id FROM restaurant_tables WHERE id = ANY(ARRAY[CAST(:tid AS uuid)]) ORDER BY id FOR NO KEY UPDATE;
+UPDATE table_claims SET active = false WHERE active AND kind = 'hold' AND expires_at <= now() AND table_id = ANY(ARRAY[CAST(:tid AS uuid)]) AND during && tstzrange(timestamptz '2040-01-01 19:00+00' + make_interval(days => CAST(:day AS int)), timestamptz '2040-01-01 21:00+00' + make_interval(days => CAST(:day AS int)), '[)');
+WITH h AS (INSERT INTO holds (id, restaurant_id, party_size, starts_at, ends_at, blocked, status, strict_mode, expires_at, policy_version, policy_hash, table_ids, selection_snapshot) VALUES (gen_random_uuid(), CAST(:rid AS uuid), CAST(:party AS smallint), timestamptz '2040-01-01 19:00+00' + make_interval(days => CAST(:day AS int)), timestamptz '2040-01-01 20:30+00' + make_interval(days => CAST(:day AS int)), tstzrange(timestamptz '2040-01-01 19:00+00' + make_interval(days => CAST(:day AS int)), timestamptz '2040-01-01 21:00+00' + make_interval(days => CAST(:day AS int)), '[)'), 'held', 'enforced', now() + interval '180 seconds', 1, repeat('a', 64), ARRAY[CAST(:tid AS uuid)], '{"strategy":"single"}') RETURNING id, expires_at, blocked) INSERT INTO table_claims (restaurant_id, table_id, kind, hold_id, during, expires_at, exclusive) SELECT CAST(:rid AS uuid), CAST(:tid AS uuid), 'hold', h.id, h.blocked, h.expires_at, true FROM h;
 COMMIT;
-INSERT INTO observability_events (source, event_type, severity, restaurant_id, context) VALUES ('holds-api', 'hold.created', 'info', ':rid', '{"operation":"hold","outcome":"success"}');
+INSERT INTO observability_events (source, event_type, severity, restaurant_id, context) VALUES ('holds-api', 'hold.created', 'info', CAST(:rid AS uuid), '{"operation":"hold","outcome":"success"}');
 "#;
 
 pub struct BenchArgs {
@@ -124,7 +124,10 @@ pub async fn run(a: BenchArgs) -> Res {
             .and_then(|v| v.parse::<f64>().ok())
             .ok_or_else(|| format!("pgbench failed: {}{}", text, String::from_utf8_lossy(&out.stderr)))?;
         pgbench_rates.push(tps);
-        println!("round {round}: handler {rate:.0} holds/s ({errors} non-201), pgbench {tps:.0} tx/s, ratio {:.2}", rate / tps);
+        println!(
+            "round {round}: handler {rate:.0} holds/s ({errors} non-201), pgbench {tps:.0} tx/s, ratio {:.2}",
+            rate / tps
+        );
     }
     let (h, p) = (median(handler_rates), median(pgbench_rates));
     println!("median over {} rounds of {} s with {} clients: handler {h:.0} holds/s, pgbench {p:.0} tx/s, ratio {:.2} (target >= 0.60)", a.rounds, a.seconds, a.clients, h / p);

@@ -32,6 +32,10 @@ pub async fn run(listen: std::net::SocketAddr) -> Res {
     let n = holdfast_adapters::db::migrate(&pool).await?;
     println!("migrated ({n} new)");
     seed_demo(&pool).await?;
+    // Email: queue + DLQ on the emulator, SQS-shaped polling of the sender, relay tick every 5 s.
+    let (email_q, _email_task) =
+        email_sender::run_local_consumer(&cfg, pool.clone(), std::time::Duration::from_secs(5)).await?;
+    println!("email queue    {}", email_q.queue_url);
 
     let holds = Arc::new(holds_api::build(&cfg).await?);
     holds.verify_enforcement().await?;

@@ -38,7 +38,12 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
-async fn post(client: &reqwest::Client, a: &RushArgs, path: &str, body: serde_json::Value) -> Result<(u16, serde_json::Value, f64), reqwest::Error> {
+async fn post(
+    client: &reqwest::Client,
+    a: &RushArgs,
+    path: &str,
+    body: serde_json::Value,
+) -> Result<(u16, serde_json::Value, f64), reqwest::Error> {
     let t = Instant::now();
     let resp = client
         .post(format!("{}{}", a.base_url, path))
@@ -54,7 +59,13 @@ async fn post(client: &reqwest::Client, a: &RushArgs, path: &str, body: serde_js
 async fn flow(client: &reqwest::Client, a: &RushArgs, i: usize) -> FlowResult {
     let mut r = FlowResult::default();
     let start = a.start + chrono::Duration::minutes(30 * (i % a.slots.max(1)) as i64);
-    let q = post(client, a, &format!("/restaurants/{}/quotes", a.restaurant), serde_json::json!({"party_size": a.party, "start": start})).await;
+    let q = post(
+        client,
+        a,
+        &format!("/restaurants/{}/quotes", a.restaurant),
+        serde_json::json!({"party_size": a.party, "start": start}),
+    )
+    .await;
     let tables = match q {
         Ok((s, v, ms)) => {
             r.quote_ms = Some(ms);
@@ -71,7 +82,13 @@ async fn flow(client: &reqwest::Client, a: &RushArgs, i: usize) -> FlowResult {
             return r;
         }
     };
-    let h = post(client, a, "/holds", serde_json::json!({"restaurant_id": a.restaurant, "party_size": a.party, "start": start, "table_ids": tables})).await;
+    let h = post(
+        client,
+        a,
+        "/holds",
+        serde_json::json!({"restaurant_id": a.restaurant, "party_size": a.party, "start": start, "table_ids": tables}),
+    )
+    .await;
     let hold_id = match h {
         Ok((s, v, ms)) => {
             r.hold_ms = Some(ms);
@@ -90,7 +107,8 @@ async fn flow(client: &reqwest::Client, a: &RushArgs, i: usize) -> FlowResult {
         }
     };
     // Synthetic guest: reserved .invalid domain, no real person.
-    let guest = serde_json::json!({"guest": {"name": format!("Rush Guest {i}"), "email": format!("rush+{i}@example.invalid")}});
+    let guest =
+        serde_json::json!({"guest": {"name": format!("Rush Guest {i}"), "email": format!("rush+{i}@example.invalid")}});
     match post(client, a, &format!("/holds/{hold_id}/confirm"), guest).await {
         Ok((s, _, ms)) => {
             r.confirm_ms = Some(ms);
@@ -117,7 +135,8 @@ pub struct RushSummary {
 }
 
 pub async fn run(a: RushArgs) -> Result<RushSummary, Box<dyn std::error::Error + Send + Sync>> {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(a.concurrency).timeout(Duration::from_secs(30)).build()?;
+    let client =
+        reqwest::Client::builder().pool_max_idle_per_host(a.concurrency).timeout(Duration::from_secs(30)).build()?;
     let a = Arc::new(a);
     let next = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));
@@ -193,8 +212,10 @@ pub async fn database_figures(pool: &deadpool_postgres::Pool) -> Res<(i64, i64, 
         .get(0);
     let outbox_published: i64 =
         c.query_one("SELECT count(*) FROM email_outbox WHERE published_at IS NOT NULL", &[]).await?.get(0);
-    let outbox_pending: i64 =
-        c.query_one("SELECT count(*) FROM email_outbox WHERE published_at IS NULL AND dead_at IS NULL", &[]).await?.get(0);
+    let outbox_pending: i64 = c
+        .query_one("SELECT count(*) FROM email_outbox WHERE published_at IS NULL AND dead_at IS NULL", &[])
+        .await?
+        .get(0);
     let events: i64 = c.query_one("SELECT count(*) FROM observability_events", &[]).await?.get(0);
     Ok((overlaps, outbox_published, outbox_pending, events))
 }

@@ -51,9 +51,8 @@ impl TestDb {
         let base = env_or("DATABASE_URL", DEFAULT_DATABASE_URL);
         let name = format!("hf_test_{}", Uuid::new_v4().simple());
         let admin = holdfast_adapters::db::pool_from_url(&base, 1).expect("DATABASE_URL parses");
-        let client = admin.get().await.expect(
-            "cannot reach PostgreSQL: run ./scripts/services.sh (or ./scripts/test.sh) first",
-        );
+        let client =
+            admin.get().await.expect("cannot reach PostgreSQL: run ./scripts/services.sh (or ./scripts/test.sh) first");
         client.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create test database");
         let url = replace_dbname(&base, &name);
         let pool = holdfast_adapters::db::pool_from_url(&url, size).expect("pool");
@@ -129,7 +128,13 @@ mod tests {
 }
 
 /// Build a real API Gateway v2 request (parsed by lambda_http, as in AWS).
-pub fn api_request(method: &str, path: &str, body: &str, sub: Option<&str>, headers: &[(&str, &str)]) -> lambda_http::Request {
+pub fn api_request(
+    method: &str,
+    path: &str,
+    body: &str,
+    sub: Option<&str>,
+    headers: &[(&str, &str)],
+) -> lambda_http::Request {
     let headers: Vec<(String, String)> = std::iter::once(("content-type".to_string(), "application/json".to_string()))
         .chain(headers.iter().map(|(k, v)| (k.to_string(), v.to_string())))
         .collect();

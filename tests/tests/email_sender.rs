@@ -144,6 +144,21 @@ impl H {
         .await
     }
 
+    /// Accumulate at least `n` messages (held for 30 s so they can form one batch).
+    async fn receive_n(&self, n: usize, timeout: Duration) -> Vec<aws_sdk_sqs::types::Message> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut got = vec![];
+        while got.len() < n {
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {n} messages, got {}", got.len());
+            let m = q::receive(&self.sqs, &self.pair.queue_url, 0, Some(30)).await.expect("receive");
+            if m.is_empty() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            got.extend(m);
+        }
+        got
+    }
+
     async fn deliver(&self, sender: &EmailSender, msgs: &[aws_sdk_sqs::types::Message]) -> q::Delivery {
         q::deliver(&self.sqs, sender, &self.pair.queue_url, &self.pair.queue_arn, &self.region, msgs)
             .await
@@ -269,16 +284,19 @@ async fn always_failing_provider_dead_letters_after_five_receives_and_redrive_br
     let failing = ScriptedProvider::new(Script::AlwaysTransient);
     let sender = h.sender(failing.clone(), Arc::new(SystemClock));
     let mut counts = vec![];
-    wait_for("the job to reach the DLQ", Duration::from_secs(60), || async {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for the DLQ; receives so far {counts:?}");
         let msgs = q::receive(&h.sqs, &h.pair.queue_url, 0, None).await.expect("receive");
         for m in &msgs {
             counts.push(receive_count(m));
         }
         h.deliver(&sender, &msgs).await;
-        let (visible, _, _) = h.depth(&h.pair.dlq_url).await;
-        (visible == 1).then_some(())
-    })
-    .await;
+        if h.depth(&h.pair.dlq_url).await.0 == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(counts, vec![1, 2, 3, 4, 5], "five receives, then the redrive policy");
     assert_eq!(failing.calls(), 5);
     assert_eq!(h.events("email.retried").await.len(), 4);
@@ -322,12 +340,7 @@ async fn a_batch_of_ten_with_one_poisoned_job_redelivers_only_that_one() {
     }
     let provider = ScriptedProvider::new(Script::PanicFor(poisoned.dedupe_key()));
     let sender = h.sender(provider.clone(), Arc::new(SystemClock));
-    let mut batch: Vec<aws_sdk_sqs::types::Message> = vec![];
-    wait_for("all ten messages", Duration::from_secs(10), || async {
-        batch.extend(q::receive(&h.sqs, &h.pair.queue_url, 0, Some(30)).await.expect("receive"));
-        (batch.len() >= 10).then_some(())
-    })
-    .await;
+    let batch = h.receive_n(10, Duration::from_secs(10)).await;
     assert_eq!(batch.len(), 10);
     let d = h.deliver(&sender, &batch).await;
     assert_eq!(d.failed, vec![ids[6].clone()], "only the poisoned record is a batch item failure");
@@ -447,12 +460,7 @@ async fn cancelled_bookings_skip_pending_emails_and_unknown_bookings_fail_perman
     }
     let provider = ScriptedProvider::new(Script::Ok);
     let sender = h.sender(provider.clone(), Arc::new(SystemClock));
-    let mut got = vec![];
-    wait_for("three messages", Duration::from_secs(10), || async {
-        got.extend(q::receive(&h.sqs, &h.pair.queue_url, 0, Some(30)).await.expect("receive"));
-        (got.len() >= 3).then_some(())
-    })
-    .await;
+    let got = h.receive_n(3, Duration::from_secs(10)).await;
     let d = h.deliver(&sender, &got).await;
     assert!(d.failed.is_empty(), "skips and permanent failures are acknowledged: {d:?}");
     assert_eq!(provider.sent(), vec![notice.dedupe_key()], "only the cancellation notice goes out");
@@ -625,12 +633,7 @@ async fn one_claim_statement_per_batch() {
     }
     let provider = ScriptedProvider::new(Script::Ok);
     let sender = h.sender(provider.clone(), Arc::new(SystemClock));
-    let mut batch = vec![];
-    wait_for("ten messages", Duration::from_secs(10), || async {
-        batch.extend(q::receive(&h.sqs, &h.pair.queue_url, 0, Some(30)).await.expect("receive"));
-        (batch.len() >= 10).then_some(())
-    })
-    .await;
+    let batch = h.receive_n(10, Duration::from_secs(10)).await;
     let before = sender.store().statements();
     let d = h.deliver(&sender, &batch).await;
     assert!(d.failed.is_empty());

@@ -199,7 +199,8 @@ async fn propose_approve_apply_round_trip_is_visible_to_the_loader() {
     // The read endpoint, filtered, newest first.
     let (s, a) = t.get_query("/flags/audit", "flag=holds.ttlSeconds&environment=staging&limit=10", "carol").await;
     assert_eq!(s, 200, "{a}");
-    let listed: Vec<&str> = a["entries"].as_array().expect("entries").iter().filter_map(|e| e["action"].as_str()).collect();
+    let listed: Vec<&str> =
+        a["entries"].as_array().expect("entries").iter().filter_map(|e| e["action"].as_str()).collect();
     assert_eq!(listed, ["applied", "approved", "proposed"]);
     let (_, none) = t.get_query("/flags/audit", "flag=holds.ttlSeconds&environment=prod", "carol").await;
     assert_eq!(none["entries"], json!([]));
@@ -271,7 +272,10 @@ async fn a_body_claiming_another_actor_is_refused_and_identity_comes_from_the_au
     let (s, e) = Ctx::call_with(&t.svc, "POST", &format!("/flags/proposals/{id}/approve"), Value::Null, None).await;
     assert_eq!((s, e["error"]["code"].clone()), (401, json!("unauthenticated")));
     let (_, p) = t.call("GET", &format!("/flags/proposals/{id}"), Value::Null, "carol").await;
-    assert_eq!((p["status"].clone(), p["approvals"].clone(), p["proposer"].clone()), (json!("pending"), json!([]), json!("alice")));
+    assert_eq!(
+        (p["status"].clone(), p["approvals"].clone(), p["proposer"].clone()),
+        (json!("pending"), json!([]), json!("alice"))
+    );
     assert_eq!(t.ssm_value(Environment::Dev, names::HOLDS_TTL_SECONDS).await, None);
 }
 
@@ -280,7 +284,10 @@ async fn contradictory_change_is_refused_with_its_rule_id_against_the_target_env
     let t = Ctx::new().await;
     // Merges are on by default: dropping adjacency breaks FR001.
     let (s, e) = t.propose("alice", names::ALLOCATOR_REQUIRE_ADJACENCY, Environment::Dev, json!(false)).await;
-    assert_eq!((s, e["error"]["code"].clone(), e["error"]["rule_ids"].clone()), (422, json!("contradiction"), json!(["FR001"])));
+    assert_eq!(
+        (s, e["error"]["code"].clone(), e["error"]["rule_ids"].clone()),
+        (422, json!("contradiction"), json!(["FR001"]))
+    );
     // FR004 only in prod.
     let (s, e) = t.propose("alice", names::HOLDS_STRICT_CONFLICTS_ROLLOUT_PERCENT, Environment::Prod, json!(0)).await;
     assert_eq!((s, e["error"]["rule_ids"].clone()), (422, json!(["FR004"])));
@@ -293,7 +300,10 @@ async fn contradictory_change_is_refused_with_its_rule_id_against_the_target_env
     assert_eq!(s, 422);
     // Type and range.
     let (s, e) = t.propose("alice", names::HOLDS_TTL_SECONDS, Environment::Dev, json!(5)).await;
-    assert_eq!((s, e["error"]["code"].clone(), e["error"]["field"].clone()), (422, json!("invalid_value"), json!("value")));
+    assert_eq!(
+        (s, e["error"]["code"].clone(), e["error"]["field"].clone()),
+        (422, json!("invalid_value"), json!("value"))
+    );
     let (s, e) = t.propose("alice", "holds.noSuchFlag", Environment::Dev, json!(true)).await;
     assert_eq!((s, e["error"]["code"].clone()), (422, json!("unknown_flag")));
     // Refusals of registry flags are audited with their rule ids.
@@ -317,7 +327,11 @@ async fn concurrent_proposals_on_one_flag_the_second_becomes_stale() {
     assert_eq!(p["status"], "applied");
     // The second was judged against 180; the flag is now 300: refused at apply.
     let (s, p) = t.approve("bob", &second).await;
-    assert_eq!((s, p["status"].clone(), p["last_error"].clone()), (200, json!("approved"), json!("stale_proposal")), "{p}");
+    assert_eq!(
+        (s, p["status"].clone(), p["last_error"].clone()),
+        (200, json!("approved"), json!("stale_proposal")),
+        "{p}"
+    );
     let (s, e) = t.call("POST", &format!("/flags/proposals/{second}/apply"), Value::Null, "bob").await;
     assert_eq!((s, e["error"]["code"].clone()), (409, json!("stale_proposal")));
     assert_eq!(t.ssm_value(env, names::HOLDS_TTL_SECONDS).await, Some(("300".into(), 1)));
@@ -408,8 +422,9 @@ impl Outage {
                 tokio::spawn(async move {
                     let Ok(mut outbound) = TcpStream::connect(EMULATOR).await else { return };
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        biased;
                         _ = rx.wait_for(|up| !*up) => {}
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
                     }
                 });
             }
@@ -466,11 +481,19 @@ async fn ssm_outage_loader_serves_last_good_and_the_approved_change_stays_retria
     // Approving while SSM is down: approved, not applied, kept.
     let path = format!("/flags/proposals/{second}");
     let (s, p) = Ctx::call_with(&svc, "POST", &format!("{path}/approve"), Value::Null, Some("bob")).await;
-    assert_eq!((s, p["status"].clone(), p["last_error"].clone()), (200, json!("apply_failed"), json!("ssm_unavailable")), "{p}");
-    let resp = flag_approver::api::handle(&svc, api_request("POST", &format!("{path}/apply"), "", Some("carol"), &[])).await;
+    assert_eq!(
+        (s, p["status"].clone(), p["last_error"].clone()),
+        (200, json!("apply_failed"), json!("ssm_unavailable")),
+        "{p}"
+    );
+    let resp =
+        flag_approver::api::handle(&svc, api_request("POST", &format!("{path}/apply"), "", Some("carol"), &[])).await;
     assert!(resp.headers().get("retry-after").is_some());
     let (s, e) = response_json(resp);
-    assert_eq!((s, e["error"]["code"].clone(), e["error"]["status"].clone()), (503, json!("ssm_unavailable"), json!("apply_failed")));
+    assert_eq!(
+        (s, e["error"]["code"].clone(), e["error"]["status"].clone()),
+        (503, json!("ssm_unavailable"), json!("apply_failed"))
+    );
     // Proposing needs a fresh read of SSM: refused while it is down.
     let (s, _) = Ctx::call_with(
         &svc,
@@ -490,7 +513,10 @@ async fn ssm_outage_loader_serves_last_good_and_the_approved_change_stays_retria
     assert_eq!(t.ssm_value(env, names::HOLDS_TTL_SECONDS).await, Some(("240".into(), 2)));
     let snap = loader.get().await;
     assert_eq!((snap.origin, snap.set.hold_ttl_seconds()), (FlagOrigin::Ssm, 240));
-    assert_eq!(actions(&t.audit_of(&second).await), ["proposed", "approved", "apply_failed", "apply_failed", "applied"]);
+    assert_eq!(
+        actions(&t.audit_of(&second).await),
+        ["proposed", "approved", "apply_failed", "apply_failed", "applied"]
+    );
 }
 
 #[tokio::test]
@@ -499,9 +525,8 @@ async fn loader_warns_and_records_an_event_once_for_a_contradictory_set() {
     let env = Environment::Prod;
     // An out-of-band edit (the approver would refuse it): merges on, adjacency off.
     t.set_ssm(env, names::ALLOCATOR_REQUIRE_ADJACENCY, "false").await;
-    let loader = t
-        .loader(t.ssm(), env, Duration::ZERO)
-        .with_recorder(EventRecorder::new(t.db.pool.clone()), Source::HoldsApi);
+    let loader =
+        t.loader(t.ssm(), env, Duration::ZERO).with_recorder(EventRecorder::new(t.db.pool.clone()), Source::HoldsApi);
     let snap = loader.get().await;
     assert_eq!(snap.violations.iter().map(|v| v.rule_id).collect::<Vec<_>>(), ["FR001"]);
     assert!(!snap.set.require_adjacency(), "served as read: the loader reports, it does not rewrite");
@@ -525,7 +550,8 @@ async fn matrix_shows_effective_values_defaults_sources_and_violations() {
     t.set_ssm(Environment::Prod, names::ALLOCATOR_REQUIRE_ADJACENCY, "false").await;
     let (s, m) = t.call("GET", "/flags/matrix", Value::Null, "carol").await;
     assert_eq!(s, 200, "{m}");
-    let flag = |name: &str| m["flags"].as_array().expect("flags").iter().find(|f| f["name"] == name).cloned().expect("row");
+    let flag =
+        |name: &str| m["flags"].as_array().expect("flags").iter().find(|f| f["name"] == name).cloned().expect("row");
     let ttl = flag(names::HOLDS_TTL_SECONDS);
     assert_eq!(ttl["values"]["staging"], json!({ "value": "240", "default": "180", "source": "ssm" }));
     assert_eq!(ttl["values"]["dev"], json!({ "value": "180", "default": "180", "source": "invalid" }));
@@ -544,7 +570,8 @@ async fn reject_and_expiry_end_a_proposal() {
     let id = t.propose_ok("alice", names::HOLDS_TTL_SECONDS, Environment::Dev, json!(240)).await;
     let (s, e) = t.call("POST", &format!("/flags/proposals/{id}/reject"), json!({}), "carol").await;
     assert_eq!((s, e["error"]["field"].clone()), (422, json!("reason")));
-    let (s, p) = t.call("POST", &format!("/flags/proposals/{id}/reject"), json!({ "reason": "not now" }), "carol").await;
+    let (s, p) =
+        t.call("POST", &format!("/flags/proposals/{id}/reject"), json!({ "reason": "not now" }), "carol").await;
     assert_eq!((s, p["status"].clone(), p["rejected_by"].clone()), (200, json!("rejected"), json!("carol")));
     let (s, e) = t.approve("bob", &id).await;
     assert_eq!((s, e["error"]["code"].clone()), (409, json!("not_pending")));

@@ -11,25 +11,14 @@ async fn migrations_apply_to_an_empty_database_and_are_idempotent() {
     assert_eq!(again, 0, "a second run must apply nothing");
 
     let c = t.pool.get().await.expect("conn");
-    let applied: i64 = c
-        .query_one("SELECT count(*) FROM refinery_schema_history", &[])
-        .await
-        .expect("history")
-        .get(0);
+    let applied: i64 = c.query_one("SELECT count(*) FROM refinery_schema_history", &[]).await.expect("history").get(0);
     assert_eq!(applied as usize, db::known_migrations().len());
     for table in ["restaurants", "restaurant_tables", "booking_policies", "bookings", "observability_events"] {
-        let exists: bool = c
-            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
-            .await
-            .expect("regclass")
-            .get(0);
+        let exists: bool = c.query_one("SELECT to_regclass($1) IS NOT NULL", &[&table]).await.expect("regclass").get(0);
         assert!(exists, "table {table} missing after migration");
     }
-    let ext: i64 = c
-        .query_one("SELECT count(*) FROM pg_extension WHERE extname = 'btree_gist'", &[])
-        .await
-        .expect("ext")
-        .get(0);
+    let ext: i64 =
+        c.query_one("SELECT count(*) FROM pg_extension WHERE extname = 'btree_gist'", &[]).await.expect("ext").get(0);
     assert_eq!(ext, 1);
 }
 
@@ -47,24 +36,20 @@ async fn overlapping_ranges_raise_23p01_naming_the_constraint() {
     .await
     .expect("create");
     let table = uuid::Uuid::new_v4();
-    let insert = "INSERT INTO scratch_claims VALUES ($1, tstzrange($2::text::timestamptz, $3::text::timestamptz, '[)'))";
+    let insert =
+        "INSERT INTO scratch_claims VALUES ($1, tstzrange($2::text::timestamptz, $3::text::timestamptz, '[)'))";
     c.execute(insert, &[&table, &"2026-11-23 19:00Z", &"2026-11-23 21:00Z"]).await.expect("first");
     // Half-open: a window starting exactly at the end does not overlap.
     c.execute(insert, &[&table, &"2026-11-23 21:00Z", &"2026-11-23 22:00Z"]).await.expect("adjacent");
     // Another table may take the same window.
-    c.execute(insert, &[&uuid::Uuid::new_v4(), &"2026-11-23 19:00Z", &"2026-11-23 21:00Z"])
-        .await
-        .expect("other table");
+    c.execute(insert, &[&uuid::Uuid::new_v4(), &"2026-11-23 19:00Z", &"2026-11-23 21:00Z"]).await.expect("other table");
 
     let err = c
         .execute(insert, &[&table, &"2026-11-23 20:59Z", &"2026-11-23 21:30Z"])
         .await
         .expect_err("overlap must be refused");
     assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::EXCLUSION_VIOLATION));
-    assert_eq!(
-        db::classify(&err),
-        DbFault::Exclusion { constraint: "scratch_no_overlap".into() }
-    );
+    assert_eq!(db::classify(&err), DbFault::Exclusion { constraint: "scratch_no_overlap".into() });
 }
 
 #[tokio::test]
@@ -122,15 +107,10 @@ async fn ssm_round_trip_through_the_sdk() {
         .expect("by path")
         .parameters
         .unwrap_or_default();
-    let mut pairs: Vec<(String, String)> = params
-        .into_iter()
-        .map(|p| (p.name.unwrap_or_default(), p.value.unwrap_or_default()))
-        .collect();
+    let mut pairs: Vec<(String, String)> =
+        params.into_iter().map(|p| (p.name.unwrap_or_default(), p.value.unwrap_or_default())).collect();
     pairs.sort();
-    assert_eq!(
-        pairs,
-        vec![(format!("{prefix}/a"), "1".to_string()), (format!("{prefix}/b"), "true".to_string())]
-    );
+    assert_eq!(pairs, vec![(format!("{prefix}/a"), "1".to_string()), (format!("{prefix}/b"), "true".to_string())]);
 }
 
 #[tokio::test]

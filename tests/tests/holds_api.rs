@@ -43,7 +43,12 @@ impl Ctx {
 
     fn service(db: &TestDb, aws: &TestAws) -> HoldsService {
         let ssm = aws_sdk_ssm::Client::new(&aws.sdk);
-        let flags = Arc::new(FlagLoader::new(ssm, holdfast_shared::flags::Environment::Dev, Self::prefix(aws), Duration::from_secs(30)));
+        let flags = Arc::new(FlagLoader::new(
+            ssm,
+            holdfast_shared::flags::Environment::Dev,
+            Self::prefix(aws),
+            Duration::from_secs(30),
+        ));
         HoldsService::new(db.pool.clone(), flags)
     }
 
@@ -88,7 +93,10 @@ impl Ctx {
 
     async fn events(&self, event_type: &str) -> i64 {
         let c = self.db.pool.get().await.expect("conn");
-        c.query_one("SELECT count(*) FROM observability_events WHERE event_type = $1", &[&event_type]).await.expect("events").get(0)
+        c.query_one("SELECT count(*) FROM observability_events WHERE event_type = $1", &[&event_type])
+            .await
+            .expect("events")
+            .get(0)
     }
 
     fn guest() -> Value {
@@ -104,7 +112,9 @@ const OVERLAPS: &str = "SELECT count(*) FROM table_claims a JOIN table_claims b
 #[tokio::test]
 async fn quote_chooses_tables_and_writes_only_an_event() {
     let t = Ctx::new().await;
-    let (s, v) = t.call("POST", &format!("/restaurants/{}/quotes", t.restaurant), json!({"party_size": 2, "start": START})).await;
+    let (s, v) = t
+        .call("POST", &format!("/restaurants/{}/quotes", t.restaurant), json!({"party_size": 2, "start": START}))
+        .await;
     assert_eq!(s, 200, "{v}");
     assert!(!v["table_ids"].as_array().expect("tables").is_empty());
     assert_eq!(v["policy_hash"], json!(t.policy.content_hash()));
@@ -239,9 +249,17 @@ async fn policy_drift_requotes_and_confirms_once_and_notifies_ops_once() {
     assert_eq!(s, 200);
 
     assert_eq!(t.events("policy.drift.recovered").await, 2);
-    assert_eq!(t.count("SELECT count(*) FROM email_outbox WHERE email_type = 'ops_policy_drift'").await, 1, "once per policy version");
+    assert_eq!(
+        t.count("SELECT count(*) FROM email_outbox WHERE email_type = 'ops_policy_drift'").await,
+        1,
+        "once per policy version"
+    );
     assert_eq!(t.count("SELECT count(*) FROM holds WHERE status = 'released' AND replaced_by IS NOT NULL").await, 2);
-    assert_eq!(t.count("SELECT count(*) FROM table_claims WHERE active AND kind = 'hold'").await, 0, "no hold left behind");
+    assert_eq!(
+        t.count("SELECT count(*) FROM table_claims WHERE active AND kind = 'hold'").await,
+        0,
+        "no hold left behind"
+    );
     assert_eq!(t.count(OVERLAPS).await, 0);
 }
 
@@ -276,7 +294,10 @@ async fn a_hold_with_incomplete_metadata_is_refused_at_confirm() {
     assert_eq!(s, 422, "{v}");
     assert_eq!(v["error"]["code"], "metadata_incomplete");
     let missing: Vec<String> = serde_json::from_value(v["error"]["missing"].clone()).expect("list");
-    assert!(missing.contains(&"policy_hash".to_string()) && missing.contains(&"selection_snapshot".to_string()), "{missing:?}");
+    assert!(
+        missing.contains(&"policy_hash".to_string()) && missing.contains(&"selection_snapshot".to_string()),
+        "{missing:?}"
+    );
     assert_eq!(t.count("SELECT count(*) FROM bookings").await, 0);
     assert_eq!(t.count("SELECT count(*) FROM email_outbox").await, 0);
     assert_eq!(t.events("hold.metadata.rejected").await, 1);
@@ -290,18 +311,60 @@ async fn bad_input_is_a_4xx_naming_the_field_and_writes_nothing() {
     let cases: Vec<(&str, String, String, u16, &str)> = vec![
         ("POST", "/holds".into(), "{not json".into(), 400, ""),
         ("POST", "/holds".into(), json!({"restaurant_id": r, "start": START}).to_string(), 422, "party_size"),
-        ("POST", "/holds".into(), json!({"restaurant_id": r, "party_size": 2, "start": START, "guest_name": "Ada"}).to_string(), 422, "guest_name"),
-        ("POST", "/holds".into(), json!({"restaurant_id": r, "party_size": 0, "start": START}).to_string(), 422, "party_size"),
-        ("POST", "/holds".into(), json!({"restaurant_id": r, "party_size": 2, "start": "tomorrow"}).to_string(), 422, "start"),
-        ("POST", "/holds".into(), json!({"restaurant_id": "nope", "party_size": 2, "start": START}).to_string(), 422, "restaurant_id"),
-        ("POST", "/holds".into(), json!({"restaurant_id": r, "party_size": 2, "start": START, "table_ids": []}).to_string(), 422, "table_ids"),
+        (
+            "POST",
+            "/holds".into(),
+            json!({"restaurant_id": r, "party_size": 2, "start": START, "guest_name": "Ada"}).to_string(),
+            422,
+            "guest_name",
+        ),
+        (
+            "POST",
+            "/holds".into(),
+            json!({"restaurant_id": r, "party_size": 0, "start": START}).to_string(),
+            422,
+            "party_size",
+        ),
+        (
+            "POST",
+            "/holds".into(),
+            json!({"restaurant_id": r, "party_size": 2, "start": "tomorrow"}).to_string(),
+            422,
+            "start",
+        ),
+        (
+            "POST",
+            "/holds".into(),
+            json!({"restaurant_id": "nope", "party_size": 2, "start": START}).to_string(),
+            422,
+            "restaurant_id",
+        ),
+        (
+            "POST",
+            "/holds".into(),
+            json!({"restaurant_id": r, "party_size": 2, "start": START, "table_ids": []}).to_string(),
+            422,
+            "table_ids",
+        ),
         ("POST", quote.clone(), json!({"party_size": 45, "start": START}).to_string(), 422, ""),
         ("POST", quote.clone(), json!({"party_size": 2, "start": "2030-01-07T04:00:00Z"}).to_string(), 422, ""),
-        ("POST", format!("/restaurants/{}/quotes", RestaurantId::new_random()), json!({"party_size": 2, "start": START}).to_string(), 404, ""),
+        (
+            "POST",
+            format!("/restaurants/{}/quotes", RestaurantId::new_random()),
+            json!({"party_size": 2, "start": START}).to_string(),
+            404,
+            "",
+        ),
         ("GET", format!("/holds/{}", uuid::Uuid::new_v4()), String::new(), 404, ""),
         ("GET", "/holds/not-a-uuid".into(), String::new(), 400, "hold_id"),
         ("POST", "/holds".into(), format!("{{\"pad\":\"{}\"}}", "x".repeat(20_000)), 413, ""),
-        ("POST", format!("/holds/{}/confirm", uuid::Uuid::new_v4()), json!({"guest": {"name": "A", "email": "not-an-email"}}).to_string(), 422, "guest.email"),
+        (
+            "POST",
+            format!("/holds/{}/confirm", uuid::Uuid::new_v4()),
+            json!({"guest": {"name": "A", "email": "not-an-email"}}).to_string(),
+            422,
+            "guest.email",
+        ),
         ("PUT", "/holds".into(), String::new(), 405, ""),
     ];
     for (method, path, body, status, field) in cases {
@@ -346,7 +409,12 @@ async fn database_outage_is_a_503_with_retry_after() {
     // Nothing listens on port 9: the database is "gone".
     let pool = holdfast_adapters::db::pool_from_url("postgres://holdfast@127.0.0.1:9/none", 2).expect("pool");
     let ssm = aws_sdk_ssm::Client::new(&aws.sdk);
-    let flags = Arc::new(FlagLoader::new(ssm, holdfast_shared::flags::Environment::Dev, format!("/{}/dev", aws.prefix), Duration::from_secs(30)));
+    let flags = Arc::new(FlagLoader::new(
+        ssm,
+        holdfast_shared::flags::Environment::Dev,
+        format!("/{}/dev", aws.prefix),
+        Duration::from_secs(30),
+    ));
     let svc = HoldsService::new(pool, flags);
     let body = json!({ "restaurant_id": RestaurantId::new_random(), "party_size": 2, "start": START }).to_string();
     let resp = holds_api::api::handle(&svc, api_request("POST", "/holds", &body, Some("t"), &[])).await;
@@ -365,7 +433,8 @@ async fn hold_writes_are_refused_when_the_constraint_is_missing() {
     let svc = Ctx::service(&t.db, &t.aws); // a fresh container: cold-start check
     assert!(!svc.verify_enforcement().await.expect("db up"));
     let body = json!({ "restaurant_id": t.restaurant, "party_size": 2, "start": START }).to_string();
-    let (s, v) = response_json(holds_api::api::handle(&svc, api_request("POST", "/holds", &body, Some("t"), &[])).await);
+    let (s, v) =
+        response_json(holds_api::api::handle(&svc, api_request("POST", "/holds", &body, Some("t"), &[])).await);
     assert_eq!((s, v["error"]["code"].clone()), (503, json!("strict_constraint_missing")));
     assert_eq!(t.count("SELECT count(*) FROM holds").await, 0);
     assert_eq!(t.events("strict.verify.failed").await, 1);
@@ -451,9 +520,12 @@ async fn backfill_repairs_legacy_holds_so_they_can_be_confirmed() {
     let t = Ctx::new().await;
     let (_, h) = t.hold(None, START, 2).await;
     let c = t.db.pool.get().await.expect("conn");
-    c.execute("UPDATE holds SET policy_hash = NULL, policy_version = NULL, selection_snapshot = NULL, table_ids = '{}'", &[])
-        .await
-        .expect("legacy");
+    c.execute(
+        "UPDATE holds SET policy_hash = NULL, policy_version = NULL, selection_snapshot = NULL, table_ids = '{}'",
+        &[],
+    )
+    .await
+    .expect("legacy");
     let dry = holds_api::backfill::backfill_hold_metadata(&c, true).await.expect("dry run");
     assert_eq!((dry.candidates, dry.repaired, dry.unrepairable), (1, 1, 0));
     assert_eq!(t.count("SELECT count(*) FROM holds WHERE policy_hash IS NULL").await, 1, "dry run writes nothing");

@@ -21,7 +21,9 @@ pub async fn handle(svc: &FlagApprover, req: Request) -> Response<Body> {
         Ok((status, body)) => {
             let mut resp = http::json_response(status, &body);
             if status == StatusCode::CREATED {
-                if let Some(loc) = body["id"].as_str().and_then(|id| HeaderValue::from_str(&format!("/flags/proposals/{id}")).ok()) {
+                if let Some(loc) =
+                    body["id"].as_str().and_then(|id| HeaderValue::from_str(&format!("/flags/proposals/{id}")).ok())
+                {
                     resp.headers_mut().insert(header::LOCATION, loc);
                 }
             }
@@ -117,7 +119,10 @@ fn audit_query(req: &Request) -> Result<AuditQuery, ApproverError> {
         return Err(invalid(Problem::validation("flag", "at most 200 characters")));
     }
     let env = get("environment")
-        .map(|e| Environment::parse(e).ok_or_else(|| invalid(Problem::validation("environment", "expected dev, staging or prod"))))
+        .map(|e| {
+            Environment::parse(e)
+                .ok_or_else(|| invalid(Problem::validation("environment", "expected dev, staging or prod")))
+        })
         .transpose()?;
     let proposal = get("proposal")
         .map(|p| p.parse::<ProposalId>().map_err(|_| invalid(Problem::validation("proposal", "must be a UUID"))))
@@ -146,8 +151,11 @@ async fn route(svc: &FlagApprover, req: &Request) -> Result<(StatusCode, Value),
     let method = req.method();
     let known = matches!(
         segs.as_slice(),
-        ["flags", "proposals"] | ["flags", "proposals", _] | ["flags", "proposals", _, "approve" | "reject" | "apply"]
-            | ["flags", "audit"] | ["flags", "matrix"]
+        ["flags", "proposals"]
+            | ["flags", "proposals", _]
+            | ["flags", "proposals", _, "approve" | "reject" | "apply"]
+            | ["flags", "audit"]
+            | ["flags", "matrix"]
     );
     if !known {
         return Err(invalid(Problem::new(StatusCode::NOT_FOUND, "route_not_found", "no such route")));

@@ -80,7 +80,9 @@ impl ApproverError {
                 };
                 let p = Problem::new(status, code, msg);
                 match r {
-                    ChangeRefused::Contradiction { rule_ids, .. } => p.field("value").detail("rule_ids", json!(rule_ids)),
+                    ChangeRefused::Contradiction { rule_ids, .. } => {
+                        p.field("value").detail("rule_ids", json!(rule_ids))
+                    }
                     ChangeRefused::UnknownFlag { .. } => p.field("flag"),
                     ChangeRefused::InvalidValue(_) | ChangeRefused::NoChange { .. } => p.field("value"),
                     ChangeRefused::StaleProposal { .. } => p,

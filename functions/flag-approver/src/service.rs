@@ -304,7 +304,8 @@ impl FlagApprover {
             return Ok(false);
         }
         store::update_proposal(c, s).await?;
-        let by = Caller { actor: Actor::new(SYSTEM_ACTOR).map_err(|_| ApproverError::ConcurrentUpdate)?, ..who.clone() };
+        let by =
+            Caller { actor: Actor::new(SYSTEM_ACTOR).map_err(|_| ApproverError::ConcurrentUpdate)?, ..who.clone() };
         audit(c, s, AuditAction::Expired, &by, None, Some("expired".into())).await?;
         tracing::info!(proposal = %s.proposal.id, "flag change expired");
         Ok(true)
@@ -427,11 +428,8 @@ impl FlagApprover {
 /// comes from, and the rules each environment's set breaks. An environment whose SSM read
 /// fails is reported as unavailable (the others are still shown).
 pub async fn matrix(ssm: &SsmFlags) -> Matrix {
-    let (dev, staging, prod) = tokio::join!(
-        ssm.read(Environment::Dev),
-        ssm.read(Environment::Staging),
-        ssm.read(Environment::Prod)
-    );
+    let (dev, staging, prod) =
+        tokio::join!(ssm.read(Environment::Dev), ssm.read(Environment::Staging), ssm.read(Environment::Prod));
     let reads = [(Environment::Dev, dev), (Environment::Staging, staging), (Environment::Prod, prod)];
     let mut environments = Vec::new();
     let mut cells: BTreeMap<&'static str, BTreeMap<Environment, MatrixCell>> = BTreeMap::new();
@@ -444,11 +442,7 @@ pub async fn matrix(ssm: &SsmFlags) -> Matrix {
                     ssm: "ok",
                     violations: flags::check(&current.set, env)
                         .into_iter()
-                        .map(|v| ViolationView {
-                            rule_id: v.rule_id,
-                            severity: v.severity.as_str(),
-                            title: v.title,
-                        })
+                        .map(|v| ViolationView { rule_id: v.rule_id, severity: v.severity.as_str(), title: v.title })
                         .collect(),
                     problems: current
                         .problems

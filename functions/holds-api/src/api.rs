@@ -17,14 +17,19 @@ pub async fn handle(svc: &HoldsService, req: Request) -> Response<Body> {
 }
 
 fn path_id<T: FromStr>(raw: &str, field: &'static str) -> Result<T, HoldsError> {
-    T::from_str(raw).map_err(|_| HoldsError::Invalid(Problem::new(StatusCode::BAD_REQUEST, "validation_failed", "must be a UUID").field(field)))
+    T::from_str(raw).map_err(|_| {
+        HoldsError::Invalid(Problem::new(StatusCode::BAD_REQUEST, "validation_failed", "must be a UUID").field(field))
+    })
 }
 
 fn idempotency(req: &Request, scope: &str) -> Result<Option<Idempotency>, HoldsError> {
     let Some(v) = req.headers().get("idempotency-key") else { return Ok(None) };
     let key = v.to_str().unwrap_or("").trim();
     if key.is_empty() || key.len() > 200 || !key.chars().all(|c| c.is_ascii_graphic()) {
-        return Err(HoldsError::Invalid(Problem::validation("Idempotency-Key", "must be 1 to 200 printable ASCII characters")));
+        return Err(HoldsError::Invalid(Problem::validation(
+            "Idempotency-Key",
+            "must be 1 to 200 printable ASCII characters",
+        )));
     }
     let caller = http::caller(req).unwrap_or_else(|| "anonymous".into());
     let mut h = Sha256::new();
@@ -63,11 +68,9 @@ async fn route(svc: &HoldsService, req: &Request) -> Result<(u16, serde_json::Va
             let idem = idempotency(req, "POST /holds/{id}/confirm")?;
             svc.confirm(hold, body, idem).await
         }
-        ["restaurants", _, "quotes"] | ["holds"] | ["holds", _] | ["holds", _, "confirm"] => Err(HoldsError::Invalid(Problem::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            format!("{method} is not allowed here"),
-        ))),
+        ["restaurants", _, "quotes"] | ["holds"] | ["holds", _] | ["holds", _, "confirm"] => Err(HoldsError::Invalid(
+            Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("{method} is not allowed here")),
+        )),
         _ => Err(HoldsError::Invalid(Problem::new(StatusCode::NOT_FOUND, "route_not_found", "no such route"))),
     }
 }

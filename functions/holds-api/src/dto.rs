@@ -69,7 +69,9 @@ impl GuestBody {
         }
         let email = self.email.trim().to_string();
         let valid_email = email.len() <= 254
-            && email.split_once('@').is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !d.starts_with('.') && !d.ends_with('.'))
+            && email
+                .split_once('@')
+                .is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !d.starts_with('.') && !d.ends_with('.'))
             && !email.chars().any(char::is_whitespace);
         if !valid_email {
             return Err(Problem::validation("guest.email", "must be an email address"));
@@ -77,7 +79,9 @@ impl GuestBody {
         let phone = match self.phone.map(|p| p.trim().to_string()).filter(|p| !p.is_empty()) {
             None => None,
             Some(p) if p.len() <= 32 && p.chars().all(|c| c.is_ascii_digit() || " +-()".contains(c)) => Some(p),
-            Some(_) => return Err(Problem::validation("guest.phone", "must be digits, spaces and + - ( ) (at most 32)")),
+            Some(_) => {
+                return Err(Problem::validation("guest.phone", "must be digits, spaces and + - ( ) (at most 32)"))
+            }
         };
         let notes = match self.notes.map(|n| n.trim().to_string()).filter(|n| !n.is_empty()) {
             Some(n) if n.chars().count() > 1000 => {

@@ -12,7 +12,9 @@ use holdfast_adapters::flags::FlagLoader;
 use holdfast_adapters::outbox;
 use holdfast_shared::allocator::{self, AllocatorSettings, QuoteRejection, QuoteRequest, Selection};
 use holdfast_shared::email::{EmailJob, EmailType};
-use holdfast_shared::events::{EventContext, EventType, ObservabilityEvent, Operation, Outcome, Severity, Source, StrictMode as EvMode};
+use holdfast_shared::events::{
+    EventContext, EventType, ObservabilityEvent, Operation, Outcome, Severity, Source, StrictMode as EvMode,
+};
 use holdfast_shared::flags::FlagSet;
 use holdfast_shared::hold::{Drift, HoldMetadata, HoldState, HoldStatus, HoldTtl, MAX_CONFIRM_ATTEMPTS};
 use holdfast_shared::ids::{BookingId, HoldId, RestaurantId, TableId};
@@ -117,7 +119,10 @@ impl HoldsService {
                 let c = self.pool.get().await.map_err(DbFault::from)?;
                 let ok = store::verify_enforcement(&c).await?;
                 if !ok {
-                    tracing::error!(constraint = store::NO_OVERLAP_CONSTRAINT, "database does not enforce table conflicts; hold writes refused");
+                    tracing::error!(
+                        constraint = store::NO_OVERLAP_CONSTRAINT,
+                        "database does not enforce table conflicts; hold writes refused"
+                    );
                     self.recorder
                         .record(
                             &ObservabilityEvent::new(Source::HoldsApi, EventType::StrictVerifyFailed)
@@ -198,7 +203,11 @@ impl HoldsService {
         err
     }
 
-    async fn policy_of(&self, c: &impl deadpool_postgres::GenericClient, r: RestaurantId) -> Result<BookingPolicy, HoldsError> {
+    async fn policy_of(
+        &self,
+        c: &impl deadpool_postgres::GenericClient,
+        r: RestaurantId,
+    ) -> Result<BookingPolicy, HoldsError> {
         store::current_policy(c, r).await?.ok_or(HoldsError::NotFound("restaurant"))
     }
 
@@ -240,14 +249,20 @@ impl HoldsService {
         }
     }
 
-    async fn quote_inner(&self, o: &mut Observed, restaurant: RestaurantId, body: QuoteBody) -> Result<Answer, HoldsError> {
+    async fn quote_inner(
+        &self,
+        o: &mut Observed,
+        restaurant: RestaurantId,
+        body: QuoteBody,
+    ) -> Result<Answer, HoldsError> {
         let party = dto::party("party_size", body.party_size).map_err(HoldsError::Invalid)?;
         let flags = self.flags.get().await.set;
         let c = self.pool.get().await.map_err(DbFault::from)?;
         let policy = self.policy_of(&c, restaurant).await?;
         o.policy_version = Some(policy.version);
         let req = QuoteRequest { party, start: body.start };
-        let probe = Window::new(body.start, body.start + chrono::Duration::hours(4)).map_err(|_| HoldsError::NotFound("window"))?;
+        let probe = Window::new(body.start, body.start + chrono::Duration::hours(4))
+            .map_err(|_| HoldsError::NotFound("window"))?;
         let busy = store::busy(&c, restaurant, &probe, None).await?;
         drop(c);
         match allocator::quote(&policy, settings(&flags), &req, &busy) {
@@ -256,7 +271,8 @@ impl HoldsService {
                 Ok((200, selection_json(restaurant, &sel)))
             }
             Err(QuoteRejection::NoTableAvailable) => {
-                let alternatives = allocator::alternatives(&policy, settings(&flags), &req, &busy, &[], MAX_ALTERNATIVES);
+                let alternatives =
+                    allocator::alternatives(&policy, settings(&flags), &req, &busy, &[], MAX_ALTERNATIVES);
                 Err(HoldsError::Conflict {
                     code: "no_table_available",
                     message: "no table fits this party at that time".into(),
@@ -281,7 +297,12 @@ impl HoldsService {
         }
     }
 
-    async fn hold_inner(&self, o: &mut Observed, body: HoldBody, idem: Option<&Idempotency>) -> Result<Answer, HoldsError> {
+    async fn hold_inner(
+        &self,
+        o: &mut Observed,
+        body: HoldBody,
+        idem: Option<&Idempotency>,
+    ) -> Result<Answer, HoldsError> {
         let party = dto::party("party_size", body.party_size).map_err(HoldsError::Invalid)?;
         let requested = body.table_ids.map(dto::table_list).transpose().map_err(HoldsError::Invalid)?;
         if let Some(replay) = self.replay(idem).await? {
@@ -303,20 +324,26 @@ impl HoldsService {
             let policy = self.policy_of(&c, restaurant).await?;
             o.policy_version = Some(policy.version);
             let selection = match &requested {
-                Some(tables) => allocator::select_tables(&policy, settings(&flags), &req, tables).map_err(|e| match e {
-                    QuoteRejection::NoTableAvailable => HoldsError::Invalid(holdfast_adapters::http::Problem::validation(
-                        "table_ids",
-                        "these tables cannot seat this party under the current policy",
-                    )),
-                    other => HoldsError::Rejected(other),
-                })?,
+                Some(tables) => {
+                    allocator::select_tables(&policy, settings(&flags), &req, tables).map_err(|e| match e {
+                        QuoteRejection::NoTableAvailable => {
+                            HoldsError::Invalid(holdfast_adapters::http::Problem::validation(
+                                "table_ids",
+                                "these tables cannot seat this party under the current policy",
+                            ))
+                        }
+                        other => HoldsError::Rejected(other),
+                    })?
+                }
                 None => {
-                    let probe = Window::new(req.start, req.start + chrono::Duration::hours(4)).map_err(|_| HoldsError::NotFound("window"))?;
+                    let probe = Window::new(req.start, req.start + chrono::Duration::hours(4))
+                        .map_err(|_| HoldsError::NotFound("window"))?;
                     let busy = store::busy(&c, restaurant, &probe, None).await?;
                     match allocator::quote(&policy, settings(&flags), &req, &busy) {
                         Ok(s) => s,
                         Err(QuoteRejection::NoTableAvailable) => {
-                            let alternatives = allocator::alternatives(&policy, settings(&flags), &req, &busy, &[], MAX_ALTERNATIVES);
+                            let alternatives =
+                                allocator::alternatives(&policy, settings(&flags), &req, &busy, &[], MAX_ALTERNATIVES);
                             return Err(HoldsError::Conflict {
                                 code: "no_table_available",
                                 message: "no table fits this party at that time".into(),
@@ -365,7 +392,8 @@ impl HoldsService {
                     ClaimKind::Hold { hold: hold_id, expires_at, exclusive: mode == StrictMode::Enforced },
                 )
                 .await?;
-                let shadow_conflict = mode == StrictMode::Shadow && store::shadow_overlap(&tx, hold_id, &tables, &selection.blocked).await?;
+                let shadow_conflict = mode == StrictMode::Shadow
+                    && store::shadow_overlap(&tx, hold_id, &tables, &selection.blocked).await?;
                 let answer = (201, hold_json(hold_id, restaurant, &selection, expires_at, mode));
                 if let Some(i) = idem {
                     store::idempotency_save(&tx, &i.scope, &i.key, &i.request_hash, answer.0 as i16, &answer.1).await?;
@@ -388,7 +416,9 @@ impl HoldsService {
                 Err(DbFault::Exclusion { .. }) => {
                     drop(tx);
                     drop(c);
-                    let alternatives = self.alternatives(restaurant, &policy, &flags, &req, &selection.table_ids, Some(&selection.seated)).await;
+                    let alternatives = self
+                        .alternatives(restaurant, &policy, &flags, &req, &selection.table_ids, Some(&selection.seated))
+                        .await;
                     return Err(HoldsError::Conflict {
                         code: "hold_conflict",
                         message: "those tables are already held or booked for that time".into(),
@@ -425,7 +455,12 @@ impl HoldsService {
     }
 
     // ------------------------------------------------------------------ confirm
-    pub async fn confirm(&self, hold: HoldId, body: ConfirmBody, idem: Option<Idempotency>) -> Result<Answer, HoldsError> {
+    pub async fn confirm(
+        &self,
+        hold: HoldId,
+        body: ConfirmBody,
+        idem: Option<Idempotency>,
+    ) -> Result<Answer, HoldsError> {
         let mut o = Observed::new(Operation::Confirm);
         o.hold = Some(hold);
         let r = self.confirm_inner(&mut o, hold, body, idem.as_ref()).await;
@@ -484,12 +519,15 @@ impl HoldsService {
                 table_ids: row.table_ids.iter().map(|u| TableId(*u)).collect(),
                 selection_snapshot: row.selection_snapshot.clone(),
             };
-            let meta = meta.require_complete().map_err(|m| (HoldsError::MetadataIncomplete { missing: m.missing }, false))?;
+            let meta =
+                meta.require_complete().map_err(|m| (HoldsError::MetadataIncomplete { missing: m.missing }, false))?;
             let policy = self.policy_of(&tx, row.restaurant_id).await.map_err(|e| (e, drifted))?;
             o.policy_version = Some(policy.version);
             let current = policy.content_hash();
-            let seated = Window::new(row.starts_at, row.ends_at).map_err(|_| (HoldsError::Db(DbFault::Other("bad hold window".into())), false))?;
-            let blocked = Window::new(row.blocked_start, row.blocked_end).map_err(|_| (HoldsError::Db(DbFault::Other("bad hold window".into())), false))?;
+            let seated = Window::new(row.starts_at, row.ends_at)
+                .map_err(|_| (HoldsError::Db(DbFault::Other("bad hold window".into())), false))?;
+            let blocked = Window::new(row.blocked_start, row.blocked_end)
+                .map_err(|_| (HoldsError::Db(DbFault::Other("bad hold window".into())), false))?;
             let booking = Uuid::new_v4();
             o.booking = Some(BookingId(booking));
 
@@ -501,11 +539,35 @@ impl HoldsService {
                         store::prune_expired(&tx, &row.table_ids, &blocked).await?;
                         store::deactivate_hold_claims(&tx, hold_id).await?;
                         self.write_booking(&tx, &row, booking, &seated, &guest).await?;
-                        store::insert_claims(&tx, row.restaurant_id, &row.table_ids, &blocked, ClaimKind::Booking { booking, hold: hold_id })
-                            .await?;
+                        store::insert_claims(
+                            &tx,
+                            row.restaurant_id,
+                            &row.table_ids,
+                            &blocked,
+                            ClaimKind::Booking { booking, hold: hold_id },
+                        )
+                        .await?;
                         store::set_hold_confirmed(&tx, hold_id, booking).await?;
-                        outbox::enqueue(&tx, &EmailJob::for_booking(EmailType::BookingConfirmed, BookingId(booking)), Utc::now()).await?;
-                        let answer = (200, confirm_json(booking, hold_id, None, row.restaurant_id, &row.table_ids, &seated, meta.policy_version, false, attempt));
+                        outbox::enqueue(
+                            &tx,
+                            &EmailJob::for_booking(EmailType::BookingConfirmed, BookingId(booking)),
+                            Utc::now(),
+                        )
+                        .await?;
+                        let answer = (
+                            200,
+                            confirm_json(
+                                booking,
+                                hold_id,
+                                None,
+                                row.restaurant_id,
+                                &row.table_ids,
+                                &seated,
+                                meta.policy_version,
+                                false,
+                                attempt,
+                            ),
+                        );
                         if let Some(i) = idem {
                             store::idempotency_save(&tx, &i.scope, &i.key, &i.request_hash, 200, &answer.1).await?;
                         }
@@ -528,7 +590,8 @@ impl HoldsService {
                         Err(rej) => {
                             drop(tx);
                             drop(c);
-                            let alternatives = self.alternatives(row.restaurant_id, &policy, &flags, &req, &[], Some(&seated)).await;
+                            let alternatives =
+                                self.alternatives(row.restaurant_id, &policy, &flags, &req, &[], Some(&seated)).await;
                             let _ = rej;
                             return Err((
                                 HoldsError::Conflict {
@@ -560,16 +623,29 @@ impl HoldsService {
                     }
                     return Ok((answer, drifted));
                 }
-                Err(DbFault::Exclusion { .. }) | Err(DbFault::Serialization) if drifted && attempt < MAX_CONFIRM_ATTEMPTS => continue,
+                Err(DbFault::Exclusion { .. }) | Err(DbFault::Serialization)
+                    if drifted && attempt < MAX_CONFIRM_ATTEMPTS =>
+                {
+                    continue
+                }
                 Err(DbFault::Exclusion { .. }) | Err(DbFault::Serialization) => {
                     drop(tx);
                     drop(c);
-                    let req = QuoteRequest { party: dto::party("party_size", row.party_size as u16).map_err(|p| (HoldsError::Invalid(p), drifted))?, start: row.starts_at };
+                    let req = QuoteRequest {
+                        party: dto::party("party_size", row.party_size as u16)
+                            .map_err(|p| (HoldsError::Invalid(p), drifted))?,
+                        start: row.starts_at,
+                    };
                     let exclude: Vec<TableId> = row.table_ids.iter().map(|u| TableId(*u)).collect();
-                    let alternatives = self.alternatives(row.restaurant_id, &policy, &flags, &req, &exclude, Some(&seated)).await;
+                    let alternatives =
+                        self.alternatives(row.restaurant_id, &policy, &flags, &req, &exclude, Some(&seated)).await;
                     let code = if drifted { "policy_drift_exhausted" } else { "hold_conflict" };
                     return Err((
-                        HoldsError::Conflict { code, message: "the tables were taken before the hold could be confirmed".into(), alternatives },
+                        HoldsError::Conflict {
+                            code,
+                            message: "the tables were taken before the hold could be confirmed".into(),
+                            alternatives,
+                        },
                         drifted,
                     ));
                 }
@@ -587,12 +663,23 @@ impl HoldsService {
             }
         }
         Err((
-            HoldsError::Conflict { code: "policy_drift_exhausted", message: "the booking policy kept changing; retry".into(), alternatives: vec![] },
+            HoldsError::Conflict {
+                code: "policy_drift_exhausted",
+                message: "the booking policy kept changing; retry".into(),
+                alternatives: vec![],
+            },
             drifted,
         ))
     }
 
-    async fn write_booking(&self, tx: &Transaction<'_>, row: &HoldRow, booking: Uuid, seated: &Window, guest: &dto::Guest) -> Result<(), DbFault> {
+    async fn write_booking(
+        &self,
+        tx: &Transaction<'_>,
+        row: &HoldRow,
+        booking: Uuid,
+        seated: &Window,
+        guest: &dto::Guest,
+    ) -> Result<(), DbFault> {
         store::insert_booking(
             tx,
             &NewBooking {
@@ -652,9 +739,30 @@ impl HoldsService {
         )
         .await?;
         store::set_hold_released(tx, row.id, Some(new_hold)).await?;
-        store::insert_claims(tx, row.restaurant_id, &tables, &sel.blocked, ClaimKind::Booking { booking, hold: new_hold }).await?;
-        outbox::enqueue(tx, &EmailJob::for_booking(EmailType::BookingConfirmed, BookingId(booking)), Utc::now()).await?;
-        let answer = (200, confirm_json(booking, new_hold, Some(row.id), row.restaurant_id, &tables, &sel.seated, policy.version, true, attempt));
+        store::insert_claims(
+            tx,
+            row.restaurant_id,
+            &tables,
+            &sel.blocked,
+            ClaimKind::Booking { booking, hold: new_hold },
+        )
+        .await?;
+        outbox::enqueue(tx, &EmailJob::for_booking(EmailType::BookingConfirmed, BookingId(booking)), Utc::now())
+            .await?;
+        let answer = (
+            200,
+            confirm_json(
+                booking,
+                new_hold,
+                Some(row.id),
+                row.restaurant_id,
+                &tables,
+                &sel.seated,
+                policy.version,
+                true,
+                attempt,
+            ),
+        );
         if let Some(i) = idem {
             store::idempotency_save(tx, &i.scope, &i.key, &i.request_hash, 200, &answer.1).await?;
         }
@@ -745,7 +853,8 @@ fn state_str(s: HoldState) -> &'static str {
 }
 
 fn check_live(row: &HoldRow) -> Result<(), HoldsError> {
-    let status = HoldStatus::parse(&row.status).ok().ok_or(HoldsError::Db(DbFault::Other("unknown hold status".into())))?;
+    let status =
+        HoldStatus::parse(&row.status).ok().ok_or(HoldsError::Db(DbFault::Other("unknown hold status".into())))?;
     match HoldState::at(status, row.expires_at, row.db_now) {
         HoldState::Live => Ok(()),
         HoldState::Expired => Err(HoldsError::HoldExpired),
@@ -768,7 +877,13 @@ fn selection_json(restaurant: RestaurantId, s: &Selection) -> Value {
     })
 }
 
-fn hold_json(hold: HoldId, restaurant: RestaurantId, s: &Selection, expires_at: chrono::DateTime<Utc>, mode: StrictMode) -> Value {
+fn hold_json(
+    hold: HoldId,
+    restaurant: RestaurantId,
+    s: &Selection,
+    expires_at: chrono::DateTime<Utc>,
+    mode: StrictMode,
+) -> Value {
     json!({
         "hold_id": hold,
         "restaurant_id": restaurant,
@@ -786,7 +901,17 @@ fn hold_json(hold: HoldId, restaurant: RestaurantId, s: &Selection, expires_at: 
 }
 
 #[allow(clippy::too_many_arguments)]
-fn confirm_json(booking: Uuid, hold: HoldId, replaced: Option<HoldId>, restaurant: RestaurantId, tables: &[Uuid], seated: &Window, policy_version: i32, drift: bool, attempts: u8) -> Value {
+fn confirm_json(
+    booking: Uuid,
+    hold: HoldId,
+    replaced: Option<HoldId>,
+    restaurant: RestaurantId,
+    tables: &[Uuid],
+    seated: &Window,
+    policy_version: i32,
+    drift: bool,
+    attempts: u8,
+) -> Value {
     json!({
         "booking_id": booking,
         "hold_id": hold,

@@ -63,10 +63,16 @@ fn hold_from_row(r: &tokio_postgres::Row) -> HoldRow {
 
 /// The restaurant's current (highest-version) policy. Its hash is always recomputed by the
 /// one hash function in holdfast-shared; the stored column is for SQL readers only.
-pub async fn current_policy<C: GenericClient>(c: &C, restaurant: RestaurantId) -> Result<Option<BookingPolicy>, DbFault> {
+pub async fn current_policy<C: GenericClient>(
+    c: &C,
+    restaurant: RestaurantId,
+) -> Result<Option<BookingPolicy>, DbFault> {
     let row = c
         .query_opt(
-            "SELECT body FROM booking_policies WHERE restaurant_id = $1 ORDER BY version DESC LIMIT 1",
+            &c.prepare_cached(
+                "SELECT body FROM booking_policies WHERE restaurant_id = $1 ORDER BY version DESC LIMIT 1",
+            )
+            .await?,
             &[&restaurant.as_uuid()],
         )
         .await?;
@@ -93,10 +99,13 @@ pub async fn busy<C: GenericClient>(
     let to = around.end() + chrono::Duration::hours(3);
     let rows = c
         .query(
-            "SELECT table_id, lower(during), upper(during) FROM table_claims
+            &c.prepare_cached(
+                "SELECT table_id, lower(during), upper(during) FROM table_claims
               WHERE restaurant_id = $1 AND active AND during && tstzrange($2, $3, '[)')
                 AND (kind = 'booking' OR expires_at > now())
                 AND hold_id IS DISTINCT FROM $4",
+            )
+            .await?,
             &[&restaurant.as_uuid(), &from, &to, &ignore_hold.map(|h| h.as_uuid())],
         )
         .await?;
@@ -116,7 +125,7 @@ pub async fn busy<C: GenericClient>(
 /// loser fail fast with 23P01 instead of after a deadlock.
 pub async fn lock_tables<C: GenericClient>(c: &C, tables: &[Uuid]) -> Result<(), DbFault> {
     c.query(
-        "SELECT id FROM restaurant_tables WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+        &c.prepare_cached("SELECT id FROM restaurant_tables WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE").await?,
         &[&tables],
     )
     .await?;
@@ -128,9 +137,12 @@ pub async fn lock_tables<C: GenericClient>(c: &C, tables: &[Uuid]) -> Result<(),
 /// these rows, and the exclusion constraint settles whatever remains.
 pub async fn prune_expired<C: GenericClient>(c: &C, tables: &[Uuid], blocked: &Window) -> Result<u64, DbFault> {
     Ok(c.execute(
-        "UPDATE table_claims SET active = false
+        &c.prepare_cached(
+            "UPDATE table_claims SET active = false
           WHERE active AND kind = 'hold' AND expires_at <= now()
             AND table_id = ANY($1) AND during && tstzrange($2, $3, '[)')",
+        )
+        .await?,
         &[&tables, &blocked.start(), &blocked.end()],
     )
     .await?)
@@ -158,11 +170,14 @@ pub struct NewHold<'a> {
 pub async fn insert_hold<C: GenericClient>(c: &C, h: &NewHold<'_>) -> Result<DateTime<Utc>, DbFault> {
     let row = c
         .query_one(
-            "INSERT INTO holds (id, restaurant_id, party_size, starts_at, ends_at, blocked, status, strict_mode,
+            &c.prepare_cached(
+                "INSERT INTO holds (id, restaurant_id, party_size, starts_at, ends_at, blocked, status, strict_mode,
                                 expires_at, policy_version, policy_hash, table_ids, selection_snapshot, booking_id)
              VALUES ($1, $2, $3, $4, $5, tstzrange($6, $7, '[)'), $8, $9,
                      COALESCE($10, now() + make_interval(secs => $11)), $12, $13, $14, $15, $16)
              RETURNING expires_at",
+            )
+            .await?,
             &[
                 &h.id.as_uuid(),
                 &h.restaurant.as_uuid(),
@@ -203,16 +218,17 @@ pub async fn insert_claims<C: GenericClient>(
     let mut sorted = tables.to_vec();
     sorted.sort();
     let (kind_s, hold, booking, expires, exclusive) = match kind {
-        ClaimKind::Hold { hold, expires_at, exclusive } => ("hold", Some(hold.as_uuid()), None, Some(expires_at), exclusive),
+        ClaimKind::Hold { hold, expires_at, exclusive } => {
+            ("hold", Some(hold.as_uuid()), None, Some(expires_at), exclusive)
+        }
         ClaimKind::Booking { booking, hold } => ("booking", Some(hold.as_uuid()), Some(booking), None, true),
     };
     // A booking claim keeps its hold id for traceability but is not a hold claim.
     let hold_for_row = if kind_s == "hold" { hold } else { None };
     let _ = hold;
-    c.execute(
-        "INSERT INTO table_claims (restaurant_id, table_id, kind, hold_id, booking_id, during, expires_at, exclusive)
+    c.execute(&c.prepare_cached("INSERT INTO table_claims (restaurant_id, table_id, kind, hold_id, booking_id, during, expires_at, exclusive)
          SELECT $1, t, $2, $3, $4, tstzrange($5, $6, '[)'), $7, $8
-           FROM unnest($9::uuid[]) WITH ORDINALITY AS u(t, n) ORDER BY n",
+           FROM unnest($9::uuid[]) WITH ORDINALITY AS u(t, n) ORDER BY n").await?,
         &[
             &restaurant.as_uuid(),
             &kind_s,
@@ -230,13 +246,21 @@ pub async fn insert_claims<C: GenericClient>(
 }
 
 /// Shadow mode: would this hold have conflicted with another live claim?
-pub async fn shadow_overlap<C: GenericClient>(c: &C, hold: HoldId, tables: &[Uuid], blocked: &Window) -> Result<bool, DbFault> {
+pub async fn shadow_overlap<C: GenericClient>(
+    c: &C,
+    hold: HoldId,
+    tables: &[Uuid],
+    blocked: &Window,
+) -> Result<bool, DbFault> {
     let row = c
         .query_one(
-            "SELECT EXISTS (SELECT 1 FROM table_claims
+            &c.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM table_claims
                              WHERE active AND table_id = ANY($1) AND during && tstzrange($2, $3, '[)')
                                AND hold_id IS DISTINCT FROM $4
                                AND (kind = 'booking' OR expires_at > now()))",
+            )
+            .await?,
             &[&tables, &blocked.start(), &blocked.end(), &hold.as_uuid()],
         )
         .await?;
@@ -245,18 +269,19 @@ pub async fn shadow_overlap<C: GenericClient>(c: &C, hold: HoldId, tables: &[Uui
 
 pub async fn get_hold<C: GenericClient>(c: &C, id: HoldId) -> Result<Option<HoldRow>, DbFault> {
     let sql = format!("SELECT {HOLD_COLUMNS} FROM holds WHERE id = $1");
-    Ok(c.query_opt(&sql, &[&id.as_uuid()]).await?.as_ref().map(hold_from_row))
+    Ok(c.query_opt(&c.prepare_cached(&sql).await?, &[&id.as_uuid()]).await?.as_ref().map(hold_from_row))
 }
 
 /// Lock the hold for the rest of the transaction (confirm/release of one hold serialise).
 pub async fn lock_hold<C: GenericClient>(c: &C, id: HoldId) -> Result<Option<HoldRow>, DbFault> {
     let sql = format!("SELECT {HOLD_COLUMNS} FROM holds WHERE id = $1 FOR UPDATE");
-    Ok(c.query_opt(&sql, &[&id.as_uuid()]).await?.as_ref().map(hold_from_row))
+    Ok(c.query_opt(&c.prepare_cached(&sql).await?, &[&id.as_uuid()]).await?.as_ref().map(hold_from_row))
 }
 
 pub async fn deactivate_hold_claims<C: GenericClient>(c: &C, hold: HoldId) -> Result<(), DbFault> {
     c.execute(
-        "UPDATE table_claims SET active = false WHERE hold_id = $1 AND kind = 'hold' AND active",
+        &c.prepare_cached("UPDATE table_claims SET active = false WHERE hold_id = $1 AND kind = 'hold' AND active")
+            .await?,
         &[&hold.as_uuid()],
     )
     .await?;
@@ -276,9 +301,12 @@ pub struct NewBooking<'a> {
 
 pub async fn insert_booking<C: GenericClient>(c: &C, b: &NewBooking<'_>) -> Result<(), DbFault> {
     c.execute(
-        "INSERT INTO bookings (id, restaurant_id, status, party_size, starts_at, ends_at,
+        &c.prepare_cached(
+            "INSERT INTO bookings (id, restaurant_id, status, party_size, starts_at, ends_at,
                                guest_name, guest_email, guest_phone, guest_notes)
          VALUES ($1, $2, 'confirmed', $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .await?,
         &[
             &b.id,
             &b.restaurant.as_uuid(),
@@ -297,16 +325,22 @@ pub async fn insert_booking<C: GenericClient>(c: &C, b: &NewBooking<'_>) -> Resu
 
 pub async fn set_hold_confirmed<C: GenericClient>(c: &C, hold: HoldId, booking: Uuid) -> Result<(), DbFault> {
     c.execute(
-        "UPDATE holds SET status = 'confirmed', booking_id = $2, updated_at = now() WHERE id = $1",
+        &c.prepare_cached("UPDATE holds SET status = 'confirmed', booking_id = $2, updated_at = now() WHERE id = $1")
+            .await?,
         &[&hold.as_uuid(), &booking],
     )
     .await?;
     Ok(())
 }
 
-pub async fn set_hold_released<C: GenericClient>(c: &C, hold: HoldId, replaced_by: Option<HoldId>) -> Result<(), DbFault> {
+pub async fn set_hold_released<C: GenericClient>(
+    c: &C,
+    hold: HoldId,
+    replaced_by: Option<HoldId>,
+) -> Result<(), DbFault> {
     c.execute(
-        "UPDATE holds SET status = 'released', replaced_by = $2, updated_at = now() WHERE id = $1",
+        &c.prepare_cached("UPDATE holds SET status = 'released', replaced_by = $2, updated_at = now() WHERE id = $1")
+            .await?,
         &[&hold.as_uuid(), &replaced_by.map(|h| h.as_uuid())],
     )
     .await?;
@@ -318,9 +352,12 @@ pub async fn set_hold_released<C: GenericClient>(c: &C, hold: HoldId, replaced_b
 pub async fn verify_enforcement<C: GenericClient>(c: &C) -> Result<bool, DbFault> {
     let row = c
         .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_constraint
+            &c.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM pg_constraint
                              WHERE conname = $1 AND contype = 'x' AND convalidated
                                AND conrelid = to_regclass('table_claims'))",
+            )
+            .await?,
             &[&NO_OVERLAP_CONSTRAINT],
         )
         .await?;
@@ -329,20 +366,27 @@ pub async fn verify_enforcement<C: GenericClient>(c: &C) -> Result<bool, DbFault
 
 /// Publish a restaurant's policy: upsert the restaurant and its floor plan, then insert the
 /// policy version with its canonical hash. Used by the seed command, tests and ops tooling.
-pub async fn publish_policy<C: GenericClient>(c: &C, restaurant: RestaurantId, name: &str, policy: &BookingPolicy) -> Result<(), DbFault> {
+pub async fn publish_policy<C: GenericClient>(
+    c: &C,
+    restaurant: RestaurantId,
+    name: &str,
+    policy: &BookingPolicy,
+) -> Result<(), DbFault> {
     c.execute(
-        "INSERT INTO restaurants (id, name) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name",
+        &c.prepare_cached(
+            "INSERT INTO restaurants (id, name) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name",
+        )
+        .await?,
         &[&restaurant.as_uuid(), &name],
     )
     .await?;
     for t in &policy.tables {
         let adjacent: Vec<Uuid> = t.adjacent.iter().map(|a| a.as_uuid()).collect();
-        c.execute(
-            "INSERT INTO restaurant_tables (id, restaurant_id, label, min_party, capacity, zone, mergeable, adjacent)
+        c.execute(&c.prepare_cached("INSERT INTO restaurant_tables (id, restaurant_id, label, min_party, capacity, zone, mergeable, adjacent)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT (id) DO UPDATE SET label = EXCLUDED.label, min_party = EXCLUDED.min_party,
                  capacity = EXCLUDED.capacity, zone = EXCLUDED.zone, mergeable = EXCLUDED.mergeable,
-                 adjacent = EXCLUDED.adjacent",
+                 adjacent = EXCLUDED.adjacent").await?,
             &[
                 &t.id.as_uuid(),
                 &restaurant.as_uuid(),
@@ -358,8 +402,11 @@ pub async fn publish_policy<C: GenericClient>(c: &C, restaurant: RestaurantId, n
     }
     let body = serde_json::to_value(policy).map_err(|e| DbFault::Other(e.to_string()))?;
     c.execute(
-        "INSERT INTO booking_policies (restaurant_id, version, content_hash, body) VALUES ($1, $2, $3, $4)
+        &c.prepare_cached(
+            "INSERT INTO booking_policies (restaurant_id, version, content_hash, body) VALUES ($1, $2, $3, $4)
          ON CONFLICT (restaurant_id, version) DO NOTHING",
+        )
+        .await?,
         &[&restaurant.as_uuid(), &policy.version, &policy.content_hash().as_str(), &body],
     )
     .await?;
@@ -367,9 +414,16 @@ pub async fn publish_policy<C: GenericClient>(c: &C, restaurant: RestaurantId, n
 }
 
 /// Idempotency: the stored first response for (scope, key), if any.
-pub async fn idempotency_lookup<C: GenericClient>(c: &C, scope: &str, key: &str) -> Result<Option<(String, i16, Value)>, DbFault> {
+pub async fn idempotency_lookup<C: GenericClient>(
+    c: &C,
+    scope: &str,
+    key: &str,
+) -> Result<Option<(String, i16, Value)>, DbFault> {
     Ok(c.query_opt(
-        "SELECT request_hash, status_code, response FROM idempotency_keys WHERE scope = $1 AND key = $2",
+        &c.prepare_cached(
+            "SELECT request_hash, status_code, response FROM idempotency_keys WHERE scope = $1 AND key = $2",
+        )
+        .await?,
         &[&scope, &key],
     )
     .await?
@@ -378,9 +432,15 @@ pub async fn idempotency_lookup<C: GenericClient>(c: &C, scope: &str, key: &str)
 
 /// Store the response in the write's own transaction. A concurrent duplicate blocks on the
 /// primary key until the first commits, then fails with a unique violation (caller replays).
-pub async fn idempotency_save<C: GenericClient>(c: &C, scope: &str, key: &str, hash: &str, status: i16, body: &Value) -> Result<(), DbFault> {
-    c.execute(
-        "INSERT INTO idempotency_keys (scope, key, request_hash, status_code, response) VALUES ($1, $2, $3, $4, $5)",
+pub async fn idempotency_save<C: GenericClient>(
+    c: &C,
+    scope: &str,
+    key: &str,
+    hash: &str,
+    status: i16,
+    body: &Value,
+) -> Result<(), DbFault> {
+    c.execute(&c.prepare_cached("INSERT INTO idempotency_keys (scope, key, request_hash, status_code, response) VALUES ($1, $2, $3, $4, $5)").await?,
         &[&scope, &key, &hash, &status, body],
     )
     .await?;
