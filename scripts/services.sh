@@ -78,7 +78,14 @@ psql_admin -tAc "SELECT 1 FROM pg_database WHERE datname='holdfast'" | grep -q 1
 VENV="$LOCAL/venv"
 if [ ! -x "$VENV/bin/moto_server" ]; then
   log "installing moto[server]==$MOTO_VERSION into $VENV"
-  python3 -m venv "$VENV"
+  if ! python3 -m venv "$VENV" 2>/dev/null; then
+    # Debian splits venv out of python3.
+    log "python3-venv missing: installing with apt"
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    rm -rf "$VENV"
+    python3 -m venv "$VENV"
+  fi
   "$VENV/bin/pip" install -q --disable-pip-version-check "moto[server]==$MOTO_VERSION"
 fi
 

@@ -97,7 +97,7 @@ WITH input AS (
     ON CONFLICT (dedupe_key) DO UPDATE
         SET claim_token = EXCLUDED.claim_token, claimed_until = EXCLUDED.claimed_until,
             attempts = s.attempts + 1, updated_at = EXCLUDED.updated_at
-        WHERE true
+        WHERE s.state = 'in_progress' AND s.claimed_until <= $7
     RETURNING s.dedupe_key, s.attempts
 )
 SELECT i.dedupe_key, c.attempts, e.state, e.claimed_until,

@@ -304,8 +304,7 @@ impl FlagApprover {
             return Ok(false);
         }
         store::update_proposal(c, s).await?;
-        let by =
-            Caller { actor: Actor::new(SYSTEM_ACTOR).map_err(|_| ApproverError::ConcurrentUpdate)?, ..who.clone() };
+        let by = Caller { actor: Actor::new(SYSTEM_ACTOR).expect("a valid constant identity"), ..who.clone() };
         audit(c, s, AuditAction::Expired, &by, None, Some("expired".into())).await?;
         tracing::info!(proposal = %s.proposal.id, "flag change expired");
         Ok(true)

@@ -3,6 +3,7 @@
 //! - the policy in force when the hold was created (highest version created at or before it),
 //! - the table ids from the hold's own claims,
 //! - a snapshot marked `"source": "backfill"` recording what was reconstructed.
+//!
 //! Holds whose tables cannot be found stay incomplete (reported, never invented).
 
 use deadpool_postgres::GenericClient;
