@@ -37,7 +37,10 @@ pub async fn run(listen: std::net::SocketAddr) -> Res {
         email_sender::run_local_consumer(&cfg, pool.clone(), std::time::Duration::from_secs(5)).await?;
     println!("email queue    {}", email_q.queue_url);
     // Metrics: EventBridge schedules never fire in the emulator, so tick the aggregator here.
-    let _metrics_task = metrics_aggregator::spawn_local_ticker(Config { email_dlq_url: Some(email_q.dlq_url.clone()), ..cfg.clone() }, std::time::Duration::from_secs(20));
+    let _metrics_task = metrics_aggregator::spawn_local_ticker(
+        Config { email_dlq_url: Some(email_q.dlq_url.clone()), ..cfg.clone() },
+        std::time::Duration::from_secs(20),
+    );
 
     let holds = Arc::new(holds_api::build(&cfg).await?);
     holds.verify_enforcement().await?;

@@ -5,6 +5,7 @@ mod flags_cmd;
 mod gateway;
 mod holds_bench;
 mod holds_cmd;
+mod init_bench;
 mod local;
 mod metrics_cmd;
 mod rush;
@@ -29,6 +30,12 @@ enum Cmd {
     Local {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
+    },
+    /// Measure a Lambda binary's init time under a loopback Runtime API.
+    InitBench {
+        binary: std::path::PathBuf,
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
     },
     /// Holds tooling: metadata backfill, synthetic rush, benchmarks.
     Holds {
@@ -74,6 +81,7 @@ async fn main() -> Res {
             Ok(())
         }
         Cmd::Local { listen } => local::run(listen).await,
+        Cmd::InitBench { binary, runs } => init_bench::run(init_bench::InitArgs { binary, runs }).await,
         Cmd::Holds { cmd } => holds_cmd::run(cmd).await,
         Cmd::Flags { cmd } => flags_cmd::run(cmd).await,
         Cmd::Email { cmd } => email_cmd::run(cmd).await,

@@ -163,7 +163,7 @@ pub async fn run(a: RushArgs) -> Result<RushSummary, Box<dyn std::error::Error +
             loop {
                 let d = done.load(Ordering::Relaxed);
                 let width = 40;
-                let filled = if total == 0 { width } else { d * width / total };
+                let filled = (d * width).checked_div(total).unwrap_or(width).min(width);
                 eprint!("\r[{}{}] {d}/{total} flows", "#".repeat(filled), ".".repeat(width - filled));
                 let _ = std::io::stderr().flush();
                 if d >= total {

@@ -115,18 +115,6 @@ where
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::replace_dbname;
-
-    #[test]
-    fn replaces_database_name_keeping_params() {
-        assert_eq!(replace_dbname("postgres://u@h:1/db", "x"), "postgres://u@h:1/x");
-        assert_eq!(replace_dbname("postgres://u@h:1/db?sslmode=disable", "x"), "postgres://u@h:1/x?sslmode=disable");
-        assert_eq!(replace_dbname("postgres://u@h:1", "x"), "postgres://u@h:1/x");
-    }
-}
-
 /// Build a real API Gateway v2 request (parsed by lambda_http, as in AWS).
 pub fn api_request(
     method: &str,
@@ -152,4 +140,16 @@ pub fn response_json(resp: lambda_http::Response<lambda_http::Body>) -> (u16, se
     };
     let v = if bytes.is_empty() { serde_json::Value::Null } else { serde_json::from_slice(&bytes).expect("JSON body") };
     (status, v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replace_dbname;
+
+    #[test]
+    fn replaces_database_name_keeping_params() {
+        assert_eq!(replace_dbname("postgres://u@h:1/db", "x"), "postgres://u@h:1/x");
+        assert_eq!(replace_dbname("postgres://u@h:1/db?sslmode=disable", "x"), "postgres://u@h:1/x?sslmode=disable");
+        assert_eq!(replace_dbname("postgres://u@h:1", "x"), "postgres://u@h:1/x");
+    }
 }

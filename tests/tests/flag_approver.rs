@@ -182,6 +182,7 @@ async fn propose_approve_apply_round_trip_is_visible_to_the_loader() {
         )
         .await
         .expect("audit");
+    #[allow(clippy::type_complexity)]
     let got: Vec<(String, String, Option<String>, Option<String>, Option<String>)> =
         rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))).collect();
     assert_eq!(

@@ -36,6 +36,9 @@ struct Captured {
     body: Value,
 }
 
+/// (Datadog metric, tags, timestamp).
+type SeriesKey = (String, Vec<String>, i64);
+
 #[derive(Clone)]
 struct Capture {
     reqs: Arc<Mutex<Vec<Captured>>>,
@@ -63,7 +66,11 @@ impl Capture {
                             let status = c.status.load(Ordering::SeqCst);
                             c.reqs.lock().expect("lock").push(Captured {
                                 path: parts.uri.path().to_string(),
-                                api_key: parts.headers.get("dd-api-key").and_then(|v| v.to_str().ok()).map(String::from),
+                                api_key: parts
+                                    .headers
+                                    .get("dd-api-key")
+                                    .and_then(|v| v.to_str().ok())
+                                    .map(String::from),
                                 status,
                                 body: serde_json::from_str(&raw).unwrap_or(Value::Null),
                                 raw,
@@ -94,8 +101,8 @@ impl Capture {
 
     /// Accepted points per (metric, tags, timestamp): series values summed, distribution values
     /// concatenated and sorted.
-    fn series(&self) -> HashMap<(String, Vec<String>, i64), (Value, Vec<f64>)> {
-        let mut out: HashMap<(String, Vec<String>, i64), (Value, Vec<f64>)> = HashMap::new();
+    fn series(&self) -> HashMap<SeriesKey, (Value, Vec<f64>)> {
+        let mut out: HashMap<SeriesKey, (Value, Vec<f64>)> = HashMap::new();
         for c in self.accepted() {
             for s in c.body["series"].as_array().cloned().unwrap_or_default() {
                 let metric = s["metric"].as_str().unwrap_or_default().to_string();
@@ -396,9 +403,15 @@ async fn publishes_exact_numbers_for_a_known_event_set() {
     let tags = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let get = |m: &str, t: &[&str], at: i64| dd.get(&(m.to_string(), tags(t), at)).cloned();
     assert_eq!(get("holdfast.requests", &["env:dev", "operation:hold"], ts), Some((json!(1), vec![5.0])));
-    assert_eq!(get("holdfast.errors_by_code", &["env:dev", "error_code:database_unavailable"], ts), Some((json!(1), vec![1.0])));
+    assert_eq!(
+        get("holdfast.errors_by_code", &["env:dev", "error_code:database_unavailable"], ts),
+        Some((json!(1), vec![1.0]))
+    );
     assert_eq!(get("holdfast.conflicts", &["env:dev", "mode:shadow"], ts), Some((json!(1), vec![1.0])));
-    assert_eq!(get("holdfast.emails_sent", &["env:dev", "email_type:booking_confirmed"], ts), Some((json!(1), vec![2.0])));
+    assert_eq!(
+        get("holdfast.emails_sent", &["env:dev", "email_type:booking_confirmed"], ts),
+        Some((json!(1), vec![2.0]))
+    );
     let (ty, rate) = get("holdfast.assignment_success_rate", &["env:dev"], ts).expect("rate");
     assert_eq!(ty, json!(3));
     assert!((rate[0] - 500.0 / 7.0).abs() < 1e-9);
@@ -416,7 +429,8 @@ async fn publishes_exact_numbers_for_a_known_event_set() {
     assert_eq!(paths, ["/api/v1/distribution_points", "/api/v2/series"].map(String::from).into());
     // Nothing else: the Datadog series are exactly the CloudWatch series.
     let cw_count = f.cw_series().await.len();
-    let dd_series: std::collections::BTreeSet<(String, Vec<String>)> = dd.keys().map(|(m, t, _)| (m.clone(), t.clone())).collect();
+    let dd_series: std::collections::BTreeSet<(String, Vec<String>)> =
+        dd.keys().map(|(m, t, _)| (m.clone(), t.clone())).collect();
     assert_eq!(dd_series.len(), cw_count);
 }
 
@@ -496,10 +510,7 @@ async fn overlapping_runs_do_not_double_publish() {
     let r = first.run_once_with_budget(later, std::time::Duration::ZERO).await.expect("close only");
     assert_eq!(r.windows_closed, 1);
     let locked = tx
-        .query(
-            "SELECT sink FROM metrics_publications WHERE status = 'pending' AND kind = 'events' FOR UPDATE",
-            &[],
-        )
+        .query("SELECT sink FROM metrics_publications WHERE status = 'pending' AND kind = 'events' FOR UPDATE", &[])
         .await
         .expect("lock publications");
     assert_eq!(locked.len(), 2, "cloudwatch and datadog pending for the new window");
@@ -690,4 +701,43 @@ async fn a_batch_too_old_for_datadog_expires_instead_of_being_sent() {
     assert!(r.problems().iter().any(|p| p.contains("expired")));
     let states = f.publication_states().await;
     assert_eq!(states.iter().filter(|s| s.2 == "datadog" && s.3 == "expired").count(), 3);
+}
+
+#[tokio::test]
+async fn large_windows_stream_in_batches_and_stay_exact() {
+    let f = Fixture::new().await;
+    // 50 001 holds over three windows (more than one fetch batch), 100 distinct durations.
+    let n: i64 = 50_001;
+    {
+        let c = f.db.pool.get().await.expect("conn");
+        c.execute(
+            "INSERT INTO observability_events (created_at, source, event_type, severity, context)
+             SELECT $1::timestamptz + (i * 180000.0 / $2::float8) * interval '1 millisecond', 'holds-api',
+                    'hold.created', 'info', jsonb_build_object('duration_ms', i % 100)
+               FROM generate_series(0, $3::bigint - 1) AS i",
+            &[&f.t0, &(n as f64), &n],
+        )
+        .await
+        .expect("generate");
+    }
+    let report = f.aggregator().run_once(f.closing(2)).await.expect("run");
+    assert_eq!((report.windows_closed, report.events), (3, n as u64));
+    let c = f.db.pool.get().await.expect("conn");
+    let mut total = 0.0;
+    for w in 0..3 {
+        let at = f.t0 + Duration::minutes(w);
+        let row = c
+            .query_one(
+                "SELECT count(*)::float8, COALESCE(sum((context->>'duration_ms')::int), 0)::float8
+                   FROM observability_events WHERE created_at >= $1 AND created_at < $1 + interval '1 minute'",
+                &[&at],
+            )
+            .await
+            .expect("expected");
+        let (count, sum): (f64, f64) = (row.get(0), row.get(1));
+        assert_eq!(f.cw_stat("Requests", &[DEV, ("Operation", "hold")], at).await, (count, 1.0), "window {w}");
+        assert_eq!(f.cw_stat("Latency", &[DEV, ("Operation", "hold")], at).await, (sum, count), "window {w}");
+        total += count;
+    }
+    assert_eq!(total, n as f64);
 }

@@ -171,16 +171,12 @@ pub fn build_with(cfg: &Config, sdk: &SdkConfig, pool: Pool, options: Options) -
 }
 
 const CURSOR_SQL: &str = "SELECT next_window_start, last_seen_id FROM metrics_cursor WHERE id FOR UPDATE SKIP LOCKED";
+/// Rows per fetch from the windows' portal.
+const FETCH_ROWS: i32 = 20_000;
 const EVENT_COLUMNS: &str = "id, created_at, source, event_type, context";
 
 fn event_row(r: &Row) -> EventRow {
-    EventRow {
-        id: r.get(0),
-        created_at: r.get(1),
-        source: r.get(2),
-        event_type: r.get(3),
-        context: r.get(4),
-    }
+    EventRow { id: r.get(0), created_at: r.get(1), source: r.get(2), event_type: r.get(3), context: r.get(4) }
 }
 
 /// A window's aggregation result, before it is stored.
@@ -242,11 +238,8 @@ impl Aggregator {
         self.measure_gauges(now, &flags, &enabled, &mut report).await?;
 
         let deadline = started + budget;
-        let runs = self
-            .sinks
-            .iter()
-            .filter(|s| enabled.contains(&s.name()))
-            .map(|s| self.publish(s.as_ref(), now, deadline));
+        let runs =
+            self.sinks.iter().filter(|s| enabled.contains(&s.name())).map(|s| self.publish(s.as_ref(), now, deadline));
         for r in futures::future::join_all(runs).await {
             report.sinks.push(r?);
         }
@@ -264,11 +257,8 @@ impl Aggregator {
         let window = self.options.window;
         let grace = Duration::seconds(i64::from(flags.late_event_grace_seconds()));
         let mut client = self.pool.get().await?;
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .start()
-            .await?;
+        let tx =
+            client.build_transaction().isolation_level(tokio_postgres::IsolationLevel::RepeatableRead).start().await?;
         let cursor = match tx.query_opt(CURSOR_SQL, &[]).await {
             Ok(c) => c,
             // Under REPEATABLE READ a cursor updated since our snapshot is a serialization
@@ -284,7 +274,8 @@ impl Aggregator {
         let stored_next: Option<DateTime<Utc>> = cursor.get(0);
         let mut last_seen: i64 = cursor.get(1);
         // High-water mark of this snapshot: every row we can see now has id <= max_id.
-        let max_id: i64 = tx.query_one("SELECT COALESCE(max(id), 0)::bigint FROM observability_events", &[]).await?.get(0);
+        let max_id: i64 =
+            tx.query_one("SELECT COALESCE(max(id), 0)::bigint FROM observability_events", &[]).await?.get(0);
 
         let next_open = match stored_next {
             Some(t) => t,
@@ -396,10 +387,16 @@ impl Aggregator {
               WHERE created_at >= $1 AND created_at < $2 ORDER BY created_at, id"
         );
         let first = windows[0];
-        let stream = tx.query_raw(&sql, params(&[&first, &close_end])).await?;
-        let mut stream = std::pin::pin!(stream);
+        // A portal fetched in batches: tokio-postgres buffers a plain result set without bound
+        // when the reader is slower than the server, so batches keep memory flat.
+        let portal = tx.bind_raw(&sql, params(&[&first, &close_end])).await?;
 
-        let mut tasks = Vec::with_capacity(windows.len());
+        // At most this many windows are aggregating while the next is read: bounds memory to a
+        // few windows of rows when the reader outpaces the aggregation (catch-up runs).
+        const IN_FLIGHT: usize = 3;
+        let mut tasks: std::collections::VecDeque<tokio::task::JoinHandle<Closed>> =
+            std::collections::VecDeque::with_capacity(IN_FLIGHT + 1);
+        let mut out = Vec::with_capacity(windows.len());
         let mut idx = 0usize;
         let mut buf: Vec<Row> = Vec::new();
         let mut pending_late = Some(late);
@@ -415,24 +412,37 @@ impl Aggregator {
                 Closed { start, data, events, late: late_n }
             })
         };
-        while let Some(row) = stream.next().await {
-            let row = row?;
-            let created: DateTime<Utc> = row.get(1);
-            while created >= windows[idx] + window && idx + 1 < windows.len() {
-                let late = pending_late.take().unwrap_or_default();
-                let late_n = if idx == 0 { late_count } else { 0 };
-                tasks.push(spawn(windows[idx], std::mem::take(&mut buf), late, late_n));
-                idx += 1;
+        loop {
+            let stream = tx.query_portal_raw(&portal, FETCH_ROWS).await?;
+            let mut stream = std::pin::pin!(stream);
+            let mut fetched = 0;
+            while let Some(row) = stream.next().await {
+                let row = row?;
+                fetched += 1;
+                let created: DateTime<Utc> = row.get(1);
+                while created >= windows[idx] + window && idx + 1 < windows.len() {
+                    let late = pending_late.take().unwrap_or_default();
+                    let late_n = if idx == 0 { late_count } else { 0 };
+                    if tasks.len() >= IN_FLIGHT {
+                        if let Some(t) = tasks.pop_front() {
+                            out.push(t.await.map_err(|e| AggError::Task(e.to_string()))?);
+                        }
+                    }
+                    tasks.push_back(spawn(windows[idx], std::mem::take(&mut buf), late, late_n));
+                    idx += 1;
+                }
+                buf.push(row);
             }
-            buf.push(row);
+            if fetched < FETCH_ROWS {
+                break;
+            }
         }
         while idx < windows.len() {
             let late = pending_late.take().unwrap_or_default();
             let late_n = if idx == 0 { late_count } else { 0 };
-            tasks.push(spawn(windows[idx], std::mem::take(&mut buf), late, late_n));
+            tasks.push_back(spawn(windows[idx], std::mem::take(&mut buf), late, late_n));
             idx += 1;
         }
-        let mut out = Vec::with_capacity(tasks.len());
         for t in tasks {
             out.push(t.await.map_err(|e| AggError::Task(e.to_string()))?);
         }
@@ -626,11 +636,7 @@ pub async fn handle(
     event: lambda_runtime::LambdaEvent<aws_lambda_events::eventbridge::EventBridgeEvent<serde_json::Value>>,
 ) -> Result<RunReport, lambda_runtime::Error> {
     let now = agg.db_now().await?;
-    let remaining = event
-        .context
-        .deadline()
-        .duration_since(std::time::SystemTime::now())
-        .unwrap_or_default();
+    let remaining = event.context.deadline().duration_since(std::time::SystemTime::now()).unwrap_or_default();
     // Leave room to record the last part and return.
     let budget = remaining.saturating_sub(std::time::Duration::from_secs(10)).min(agg.options.publish_budget);
     let report = agg.run_once_with_budget(now, budget).await?;

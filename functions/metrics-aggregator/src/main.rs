@@ -8,5 +8,6 @@ async fn main() -> Result<(), Error> {
     let cfg = Config::from_env()?;
     let agg = metrics_aggregator::build(&cfg).await?;
     let agg = &agg;
-    run(service_fn(move |ev: LambdaEvent<EventBridgeEvent>| async move { metrics_aggregator::handle(agg, ev).await })).await
+    run(service_fn(move |ev: LambdaEvent<EventBridgeEvent>| async move { metrics_aggregator::handle(agg, ev).await }))
+        .await
 }

@@ -119,10 +119,10 @@ mod tests {
         let t = "2026-11-23T10:00:00Z";
         let unknown = json!([{"n": "GuestEmails", "d": [["Environment", "prod"]], "t": t, "s": 1.0}]);
         assert!(matches!(decode(unknown), Err(PayloadError::UnknownMetric(_))));
-        let extra_dim = json!([{"n": "Requests", "d": [["Environment", "prod"], ["Restaurant", "r1"]], "t": t, "s": 1.0}]);
+        let extra_dim =
+            json!([{"n": "Requests", "d": [["Environment", "prod"], ["Restaurant", "r1"]], "t": t, "s": 1.0}]);
         assert!(matches!(decode(extra_dim), Err(PayloadError::BadDimensions { .. })));
-        let free_value =
-            json!([{"n": "Requests", "d": [["Environment", "prod"], ["Operation", "jane@example.com"]], "t": t, "s": 1.0}]);
+        let free_value = json!([{"n": "Requests", "d": [["Environment", "prod"], ["Operation", "jane@example.com"]], "t": t, "s": 1.0}]);
         assert!(matches!(decode(free_value), Err(PayloadError::BadDimensions { .. })));
         let mismatched = json!([{"n": "Latency", "d": [["Environment", "prod"], ["Operation", "hold"]], "t": t,
             "v": [1.0, 2.0], "c": [1.0]}]);

@@ -3,9 +3,7 @@
 //! resumes at the first unsent part and never re-sends an accepted one.
 
 use chrono::Duration;
-use holdfast_shared::metrics::{
-    chunk_for_cloudwatch, datadog_name, metric_def, DatumValue, MetricDatum, MetricKind,
-};
+use holdfast_shared::metrics::{chunk_for_cloudwatch, datadog_name, metric_def, DatumValue, MetricDatum, MetricKind};
 use serde_json::{json, Value};
 use std::future::Future;
 use std::pin::Pin;
@@ -66,7 +64,9 @@ pub fn cloudwatch_datum(d: &MetricDatum) -> aws_sdk_cloudwatch::types::MetricDat
         .timestamp(aws_sdk_cloudwatch::primitives::DateTime::from_secs(d.timestamp.timestamp()));
     match &d.value {
         DatumValue::Sum(v) => b.value(*v),
-        DatumValue::Distribution { values, counts } => b.set_values(Some(values.clone())).set_counts(Some(counts.clone())),
+        DatumValue::Distribution { values, counts } => {
+            b.set_values(Some(values.clone())).set_counts(Some(counts.clone()))
+        }
     }
     .build()
 }
@@ -97,7 +97,9 @@ impl Sink for CloudWatchSink {
                 .await
                 .map_err(|e| {
                     let detail = match e.as_service_error() {
-                        Some(s) => aws_sdk_cloudwatch::error::ProvideErrorMetadata::code(s).unwrap_or("service").to_owned(),
+                        Some(s) => {
+                            aws_sdk_cloudwatch::error::ProvideErrorMetadata::code(s).unwrap_or("service").to_owned()
+                        }
                         None => match &e {
                             aws_sdk_cloudwatch::error::SdkError::TimeoutError(_) => "timeout".to_owned(),
                             aws_sdk_cloudwatch::error::SdkError::DispatchFailure(_) => "dispatch".to_owned(),
