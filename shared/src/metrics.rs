@@ -6,11 +6,12 @@
 //!   the row's restaurant/booking ids;
 //! - every dimension value comes from a fixed list ([`dimension_values`]); anything else is
 //!   bucketed to `"other"`;
-//! - every row's context goes through [`crate::events::sanitize_context`] first.
+//! - every row's context is read through the allow-list parser [`EventContext::from_raw`] (the
+//!   same one [`crate::events::sanitize_context`] uses), so unknown keys and free text never count.
 
 pub mod references;
 
-use crate::events::{sanitize_context, EventContext, EventType, Operation, Outcome};
+use crate::events::{EventContext, EventType, Operation, Outcome};
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -480,8 +481,8 @@ pub fn aggregate_window(
             continue;
         };
         // Old rows may carry PII: only the sanitised context is looked at.
-        let clean = Value::Object(sanitize_context(&row.context));
-        let ctx = EventContext::from_raw(&clean);
+        // from_raw *is* the allow-list: parsing once is enough (sanitize_context wraps it).
+        let ctx = EventContext::from_raw(&row.context);
         accumulate(&mut acc, et, &ctx);
     }
 
