@@ -81,7 +81,11 @@ pub async fn run(cmd: HoldsCmd) -> Res {
             })
             .await?;
             println!("rush summary ({} flows, concurrency {concurrency}, {:.1} s)", s.flows, s.elapsed.as_secs_f64());
-            println!("  holds won {} / lost (409) {} / confirmed {}", s.holds_won, s.holds_lost, s.confirmed);
+            println!(
+                "  holds won {} / lost (409) {} / then won on the offered alternative {} / no table quoted {}",
+                s.holds_won, s.holds_lost, s.won_on_alternative, s.no_quote
+            );
+            println!("  bookings confirmed {}", s.confirmed);
             println!("  5xx responses {} / transport errors {}", s.server_errors, s.transport_errors);
             let (p50, p95, p99) = s.hold_latency_ms;
             println!("  hold latency ms  p50 {p50:.1}  p95 {p95:.1}  p99 {p99:.1}");
@@ -90,11 +94,18 @@ pub async fn run(cmd: HoldsCmd) -> Res {
             match Config::from_env() {
                 Ok(cfg) => {
                     let pool = crate::local::pool(&cfg).await?;
-                    let (overlaps, published, pending, events) = crate::rush::database_figures(&pool).await?;
-                    println!("  double bookings found by SQL: {overlaps}");
-                    println!("  email outbox: published {published}, pending {pending}");
-                    println!("  observability events recorded: {events}");
-                    if overlaps > 0 {
+                    let f = crate::rush::database_figures(&pool).await?;
+                    println!("  double bookings found by SQL: {}", f.overlaps);
+                    println!("  email outbox: published {}, pending {}", f.outbox_published, f.outbox_pending);
+                    println!("  emails sent {}, failed permanently {}", f.emails_sent, f.emails_failed);
+                    match (&cfg.email_dlq_url, dlq_depth(cfg.email_dlq_url.as_deref()).await) {
+                        (Some(_), Ok(n)) => println!("  email DLQ messages: {n}"),
+                        (Some(_), Err(e)) => println!("  email DLQ messages: unknown ({e})"),
+                        (None, _) => println!("  email DLQ messages: unknown (EMAIL_DLQ_URL unset)"),
+                    }
+                    println!("  observability events recorded: {}", f.events);
+                    println!("  metric windows published (per sink): {}", f.metric_windows_published);
+                    if f.overlaps > 0 {
                         return Err("double booking detected".into());
                     }
                 }
@@ -106,4 +117,12 @@ pub async fn run(cmd: HoldsCmd) -> Res {
             Ok(())
         }
     }
+}
+
+/// Visible + in-flight + delayed messages in the email DLQ.
+async fn dlq_depth(url: Option<&str>) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
+    let url = url.ok_or("no DLQ url")?;
+    let sdk = holdfast_adapters::aws::sdk_config().await;
+    let (visible, in_flight, delayed) = email_sender::sqs::queue_depth(&aws_sdk_sqs::Client::new(&sdk), url).await?;
+    Ok(visible + in_flight + delayed)
 }

@@ -25,6 +25,9 @@ struct FlowResult {
     hold_ms: Option<f64>,
     confirm_ms: Option<f64>,
     hold_status: Option<u16>,
+    /// A 409 whose first alternative was then held: what a real guest does with the answer.
+    won_on_alternative: bool,
+    no_quote: bool,
     confirmed: bool,
     server_errors: usize,
     transport_errors: usize,
@@ -73,6 +76,7 @@ async fn flow(client: &reqwest::Client, a: &RushArgs, i: usize) -> FlowResult {
                 r.server_errors += 1;
             }
             if s != 200 {
+                r.no_quote = s == 409 || s == 422;
                 return r;
             }
             v["table_ids"].clone()
@@ -82,30 +86,39 @@ async fn flow(client: &reqwest::Client, a: &RushArgs, i: usize) -> FlowResult {
             return r;
         }
     };
-    let h = post(
-        client,
-        a,
-        "/holds",
-        serde_json::json!({"restaurant_id": a.restaurant, "party_size": a.party, "start": start, "table_ids": tables}),
-    )
-    .await;
-    let hold_id = match h {
-        Ok((s, v, ms)) => {
-            r.hold_ms = Some(ms);
-            r.hold_status = Some(s);
-            if s >= 500 {
-                r.server_errors += 1;
+    let mut body =
+        serde_json::json!({"restaurant_id": a.restaurant, "party_size": a.party, "start": start, "table_ids": tables});
+    let mut hold_id = None;
+    // One try as quoted, then (on 409) one try with the first alternative the API offered.
+    for attempt in 0..2 {
+        match post(client, a, "/holds", body.clone()).await {
+            Ok((s, v, ms)) => {
+                if s >= 500 {
+                    r.server_errors += 1;
+                }
+                if attempt == 0 {
+                    r.hold_ms = Some(ms);
+                    r.hold_status = Some(s);
+                }
+                if s == 201 {
+                    r.won_on_alternative = attempt == 1;
+                    hold_id = v["hold_id"].as_str().map(str::to_string);
+                    break;
+                }
+                let alt = &v["error"]["alternatives"][0];
+                if s != 409 || attempt == 1 || alt.is_null() {
+                    break;
+                }
+                body["start"] = alt["start"].clone();
+                body["table_ids"] = alt["table_ids"].clone();
             }
-            if s != 201 {
-                return r;
+            Err(_) => {
+                r.transport_errors += 1;
+                break;
             }
-            v["hold_id"].as_str().unwrap_or_default().to_string()
         }
-        Err(_) => {
-            r.transport_errors += 1;
-            return r;
-        }
-    };
+    }
+    let Some(hold_id) = hold_id else { return r };
     // Synthetic guest: reserved .invalid domain, no real person.
     let guest =
         serde_json::json!({"guest": {"name": format!("Rush Guest {i}"), "email": format!("rush+{i}@example.invalid")}});
@@ -126,6 +139,8 @@ pub struct RushSummary {
     pub flows: usize,
     pub holds_won: usize,
     pub holds_lost: usize,
+    pub won_on_alternative: usize,
+    pub no_quote: usize,
     pub confirmed: usize,
     pub server_errors: usize,
     pub transport_errors: usize,
@@ -189,6 +204,8 @@ pub async fn run(a: RushArgs) -> Result<RushSummary, Box<dyn std::error::Error +
         flows: a.flows,
         holds_won: results.iter().filter(|r| r.hold_status == Some(201)).count(),
         holds_lost: results.iter().filter(|r| r.hold_status == Some(409)).count(),
+        won_on_alternative: results.iter().filter(|r| r.won_on_alternative).count(),
+        no_quote: results.iter().filter(|r| r.no_quote).count(),
         confirmed: results.iter().filter(|r| r.confirmed).count(),
         server_errors: results.iter().map(|r| r.server_errors).sum(),
         transport_errors: results.iter().map(|r| r.transport_errors).sum(),
@@ -198,24 +215,43 @@ pub async fn run(a: RushArgs) -> Result<RushSummary, Box<dyn std::error::Error +
     })
 }
 
-/// Count overlapping active exclusive claims (must be 0) and other after-the-fact figures.
-pub async fn database_figures(pool: &deadpool_postgres::Pool) -> Res<(i64, i64, i64, i64)> {
+/// What the database says after a rush: the independent double-booking check and the
+/// downstream effects (emails, metrics).
+pub struct DatabaseFigures {
+    /// Overlapping active exclusive claims on one table: must be 0.
+    pub overlaps: i64,
+    pub outbox_published: i64,
+    pub outbox_pending: i64,
+    pub emails_sent: i64,
+    pub emails_failed: i64,
+    pub events: i64,
+    pub metric_windows_published: i64,
+}
+
+pub async fn database_figures(pool: &deadpool_postgres::Pool) -> Res<DatabaseFigures> {
     let c = pool.get().await?;
-    let overlaps: i64 = c
+    let row = c
         .query_one(
-            "SELECT count(*) FROM table_claims a JOIN table_claims b
-               ON a.table_id = b.table_id AND a.id < b.id AND a.during && b.during
-             WHERE a.active AND b.active AND a.exclusive AND b.exclusive",
+            "SELECT
+               (SELECT count(*) FROM table_claims a JOIN table_claims b
+                  ON a.table_id = b.table_id AND a.id < b.id AND a.during && b.during
+                WHERE a.active AND b.active AND a.exclusive AND b.exclusive),
+               (SELECT count(*) FROM email_outbox WHERE published_at IS NOT NULL),
+               (SELECT count(*) FROM email_outbox WHERE published_at IS NULL AND dead_at IS NULL),
+               (SELECT count(*) FROM email_sends WHERE state = 'sent'),
+               (SELECT count(*) FROM email_sends WHERE state = 'failed_permanent'),
+               (SELECT count(*) FROM observability_events),
+               (SELECT count(*) FROM metrics_publications WHERE status = 'published')",
             &[],
         )
-        .await?
-        .get(0);
-    let outbox_published: i64 =
-        c.query_one("SELECT count(*) FROM email_outbox WHERE published_at IS NOT NULL", &[]).await?.get(0);
-    let outbox_pending: i64 = c
-        .query_one("SELECT count(*) FROM email_outbox WHERE published_at IS NULL AND dead_at IS NULL", &[])
-        .await?
-        .get(0);
-    let events: i64 = c.query_one("SELECT count(*) FROM observability_events", &[]).await?.get(0);
-    Ok((overlaps, outbox_published, outbox_pending, events))
+        .await?;
+    Ok(DatabaseFigures {
+        overlaps: row.get(0),
+        outbox_published: row.get(1),
+        outbox_pending: row.get(2),
+        emails_sent: row.get(3),
+        emails_failed: row.get(4),
+        events: row.get(5),
+        metric_windows_published: row.get(6),
+    })
 }
