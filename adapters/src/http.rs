@@ -121,10 +121,23 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
             }
             _ => path,
         };
-        // Drop serde's "at line X column Y" suffix: the field name is the useful part.
-        let clean = msg.split(" at line ").next().unwrap_or(&msg).to_string();
-        Problem::validation(field, clean)
+        Problem::validation(field, without_input(&msg))
     })
+}
+
+/// serde's message without the caller's input: "invalid type: string \"Ada <ada@…>\", expected
+/// u16" quotes the value, which may be guest PII, and error bodies must never carry it. Only
+/// the schema half ("expected …") is kept; "at line X column Y" is dropped as noise.
+fn without_input(msg: &str) -> String {
+    let msg = msg.split(" at line ").next().unwrap_or(msg);
+    let echoes_input = ["invalid type", "invalid value", "invalid length", "unknown variant"];
+    if !echoes_input.iter().any(|p| msg.starts_with(p)) {
+        return msg.to_string();
+    }
+    match msg.rsplit_once(", expected ") {
+        Some((_, expected)) => format!("wrong type or value; expected {expected}"),
+        None => "wrong type or value".to_string(),
+    }
 }
 
 fn backticked(msg: &str) -> Option<&str> {
@@ -235,6 +248,21 @@ mod tests {
         let big = vec![b' '; MAX_BODY_BYTES + 1];
         assert_eq!(parse_json::<Body1>(&big).expect_err("big").status.as_u16(), 413);
         assert!(parse_json::<Body1>(br#"{"party_size":2}"#).is_ok());
+    }
+
+    #[test]
+    fn errors_never_echo_the_callers_value() {
+        let pii = "Ada Lovelace <ada@example.com>";
+        for body in [
+            format!(r#"{{"party_size":"{pii}"}}"#),
+            format!(r#"{{"party_size":2,"inner":"{pii}"}}"#),
+            format!(r#"{{"party_size":2,"inner":{{"name":["{pii}"]}}}}"#),
+        ] {
+            let p = parse_json::<Body1>(body.as_bytes()).expect_err("ill-typed");
+            let rendered = String::from_utf8(body_bytes_of(&p.into_response()).to_vec()).expect("utf8");
+            assert!(!rendered.contains("Ada") && !rendered.contains("ada@"), "{rendered}");
+            assert!(rendered.contains("expected"), "the schema half stays: {rendered}");
+        }
     }
 
     #[test]

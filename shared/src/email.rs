@@ -254,6 +254,21 @@ impl std::fmt::Debug for Rendered {
 }
 
 /// Escape text for HTML element content and attribute values.
+/// A cheap syntactic check, the one the holds API applies at confirm and the sender before
+/// sending, so a booking is never confirmed with an address the sender would refuse; the
+/// provider has the last word. Refuses what would make a header
+/// or a URL misbehave, and obvious non-addresses.
+pub fn plausible_address(addr: &str) -> bool {
+    let Some((local, domain)) = addr.rsplit_once('@') else { return false };
+    !local.is_empty()
+        && local.len() <= 64
+        && addr.len() <= 254
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !addr.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | ',' | ';' | '"'))
+}
+
 pub fn html_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {

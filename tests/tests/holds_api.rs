@@ -403,6 +403,51 @@ async fn idempotency_key_replays_the_first_response() {
     assert_eq!(t.count("SELECT count(*) FROM bookings").await, 1);
 }
 
+/// A client that times out and retries while its first request is still running gets the
+/// first response, not a conflict with itself: duplicates that queue behind the first one's
+/// locks replay its stored answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_retries_with_one_idempotency_key_get_the_first_response() {
+    let t = Ctx::new().await;
+    let body = json!({ "restaurant_id": t.restaurant, "party_size": 2, "start": START, "table_ids": [t.table("M1")] })
+        .to_string();
+    let concurrently = |method: &'static str, path: String, body: String, key: &'static str| {
+        let tasks: Vec<_> = (0..12)
+            .map(|_| {
+                let (svc, path, body) = (t.svc.clone(), path.clone(), body.clone());
+                tokio::spawn(async move {
+                    let req = api_request(method, &path, &body, Some("tester"), &[("Idempotency-Key", key)]);
+                    response_json(holds_api::api::handle(&svc, req).await)
+                })
+            })
+            .collect();
+        async move {
+            let mut out = Vec::new();
+            for task in tasks {
+                out.push(task.await.expect("task"));
+            }
+            out
+        }
+    };
+    let holds = concurrently("POST", "/holds".into(), body, "retry-hold").await;
+    let first = &holds[0].1;
+    for (s, v) in &holds {
+        assert_eq!(*s, 201, "{v}");
+        assert_eq!(v["hold_id"], first["hold_id"], "{v}");
+    }
+    assert_eq!(t.count("SELECT count(*) FROM holds").await, 1);
+
+    let path = format!("/holds/{}/confirm", first["hold_id"].as_str().expect("id"));
+    let confirms = concurrently("POST", path, Ctx::guest().to_string(), "retry-confirm").await;
+    let booking = &confirms[0].1["booking_id"];
+    assert!(booking.is_string(), "{:?}", confirms[0]);
+    for (s, v) in &confirms {
+        assert_eq!((*s, &v["booking_id"]), (200, booking), "{v}");
+    }
+    assert_eq!(t.count("SELECT count(*) FROM bookings").await, 1);
+    assert_eq!(t.count("SELECT count(*) FROM email_outbox").await, 1);
+}
+
 #[tokio::test]
 async fn database_outage_is_a_503_with_retry_after() {
     let aws = TestAws::new().await;

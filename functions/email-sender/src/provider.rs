@@ -69,18 +69,7 @@ pub trait EmailProvider: Send + Sync {
     fn send<'a>(&'a self, email: &'a OutgoingEmail) -> BoxFuture<'a, Result<Receipt, SendError>>;
 }
 
-/// A cheap syntactic check; the provider has the last word. Refuses what would make a header
-/// or a URL misbehave, and obvious non-addresses.
-pub fn plausible_address(addr: &str) -> bool {
-    let Some((local, domain)) = addr.rsplit_once('@') else { return false };
-    !local.is_empty()
-        && local.len() <= 64
-        && addr.len() <= 254
-        && domain.contains('.')
-        && !domain.starts_with('.')
-        && !domain.ends_with('.')
-        && !addr.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | ',' | ';' | '"'))
-}
+pub use holdfast_shared::email::plausible_address;
 
 // ---------------------------------------------------------------------------------------------
 // Amazon SES v2

@@ -29,13 +29,14 @@ pub struct HoldBody {
     pub policy_hash: Option<String>,
 }
 
+/// Debug is derived but harmless: `GuestBody`'s own Debug redacts.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfirmBody {
     pub guest: GuestBody,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GuestBody {
     pub name: String,
@@ -61,6 +62,12 @@ impl std::fmt::Debug for Guest {
     }
 }
 
+impl std::fmt::Debug for GuestBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GuestBody(<redacted>)")
+    }
+}
+
 impl GuestBody {
     pub fn parse(self) -> Result<Guest, Problem> {
         let name = self.name.trim().to_string();
@@ -68,12 +75,7 @@ impl GuestBody {
             return Err(Problem::validation("guest.name", "must be 1 to 200 characters"));
         }
         let email = self.email.trim().to_string();
-        let valid_email = email.len() <= 254
-            && email
-                .split_once('@')
-                .is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !d.starts_with('.') && !d.ends_with('.'))
-            && !email.chars().any(char::is_whitespace);
-        if !valid_email {
+        if !holdfast_shared::email::plausible_address(&email) {
             return Err(Problem::validation("guest.email", "must be an email address"));
         }
         let phone = match self.phone.map(|p| p.trim().to_string()).filter(|p| !p.is_empty()) {
@@ -107,4 +109,33 @@ pub fn table_list(ids: Vec<TableId>) -> Result<Vec<TableId>, Problem> {
         return Err(Problem::validation("table_ids", "must list 1 to 8 distinct tables"));
     }
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(email: &str) -> GuestBody {
+        GuestBody { name: "Ada Lovelace".into(), email: email.into(), phone: None, notes: Some("window".into()) }
+    }
+
+    #[test]
+    fn confirm_refuses_the_addresses_the_sender_would_refuse() {
+        assert!(body("ada@example.com").parse().is_ok());
+        let long_local = format!("{}@example.com", "a".repeat(65));
+        for bad in ["ada,bob@example.com", "\"ada\"@example.com", long_local.as_str(), "ada@exa\u{7}mple.com"] {
+            assert!(!holdfast_shared::email::plausible_address(bad), "{bad:?}");
+            let p = body(bad).parse().expect_err(bad);
+            assert_eq!(p.field.as_deref(), Some("guest.email"), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn guest_debug_never_shows_pii() {
+        let b = body("ada@example.com");
+        let shown = format!("{b:?} {:?}", ConfirmBody { guest: body("ada@example.com") });
+        assert!(!shown.contains("Ada") && !shown.contains("ada@") && !shown.contains("window"), "{shown}");
+        let g = b.parse().expect("valid");
+        assert!(!format!("{g:?}").contains("Ada"));
+    }
 }

@@ -5,7 +5,7 @@ use crate::dto::{self, ConfirmBody, HoldBody, QuoteBody};
 use crate::error::HoldsError;
 use crate::store::{self, ClaimKind, HoldRow, NewBooking, NewHold};
 use chrono::Utc;
-use deadpool_postgres::{Pool, Transaction};
+use deadpool_postgres::{GenericClient, Pool, Transaction};
 use holdfast_adapters::db::DbFault;
 use holdfast_adapters::events::EventRecorder;
 use holdfast_adapters::flags::FlagLoader;
@@ -16,7 +16,7 @@ use holdfast_shared::events::{
     EventContext, EventType, ObservabilityEvent, Operation, Outcome, Severity, Source, StrictMode as EvMode,
 };
 use holdfast_shared::flags::FlagSet;
-use holdfast_shared::hold::{Drift, HoldMetadata, HoldState, HoldStatus, HoldTtl, MAX_CONFIRM_ATTEMPTS};
+use holdfast_shared::hold::{Attempts, Drift, HoldMetadata, HoldState, HoldStatus, HoldTtl, MAX_CONFIRM_ATTEMPTS};
 use holdfast_shared::ids::{BookingId, HoldId, RestaurantId, TableId};
 use holdfast_shared::policy::BookingPolicy;
 use holdfast_shared::rollout::{self, StrictMode};
@@ -85,10 +85,14 @@ fn ev_mode(m: StrictMode) -> EvMode {
     }
 }
 
-fn mode_str(m: StrictMode) -> &'static str {
-    match m {
-        StrictMode::Enforced => "enforced",
-        StrictMode::Shadow => "shadow",
+/// The stored first response for this Idempotency-Key, read through `c` (a transaction that
+/// holds the relevant lock, or a fresh connection).
+async fn replay_on<C: GenericClient>(c: &C, idem: Option<&Idempotency>) -> Result<Option<Answer>, HoldsError> {
+    let Some(i) = idem else { return Ok(None) };
+    match store::idempotency_lookup(c, &i.scope, &i.key).await? {
+        None => Ok(None),
+        Some((hash, _, _)) if hash != i.request_hash => Err(HoldsError::IdempotencyMismatch),
+        Some((_, status, body)) => Ok(Some((status as u16, body))),
     }
 }
 
@@ -362,9 +366,7 @@ impl HoldsService {
 
             let tx = c.transaction().await.map_err(DbFault::from)?;
             let result: Result<(Answer, bool), DbFault> = async {
-                store::lock_tables(&tx, &tables).await?;
-                store::prune_expired(&tx, &tables, &selection.blocked).await?;
-                let expires_at = store::insert_hold(
+                let expires_at = store::hold_write(
                     &tx,
                     &NewHold {
                         id: hold_id,
@@ -373,7 +375,7 @@ impl HoldsService {
                         seated: &selection.seated,
                         blocked: &selection.blocked,
                         status: HoldStatus::Held.as_str(),
-                        strict_mode: mode_str(mode),
+                        strict_mode: mode.as_str(),
                         ttl_secs: ttl.as_secs() as i32,
                         expires_at: None,
                         policy_version: policy.version,
@@ -382,14 +384,7 @@ impl HoldsService {
                         snapshot: &snapshot,
                         booking_id: None,
                     },
-                )
-                .await?;
-                store::insert_claims(
-                    &tx,
-                    restaurant,
-                    &tables,
-                    &selection.blocked,
-                    ClaimKind::Hold { hold: hold_id, expires_at, exclusive: mode == StrictMode::Enforced },
+                    mode == StrictMode::Enforced,
                 )
                 .await?;
                 let shadow_conflict = mode == StrictMode::Shadow
@@ -416,6 +411,11 @@ impl HoldsService {
                 Err(DbFault::Exclusion { .. }) => {
                     drop(tx);
                     drop(c);
+                    // A concurrent duplicate (same Idempotency-Key) that committed first took
+                    // these tables: the retry gets the first response, not a conflict.
+                    if let Some(first) = self.replay(idem).await? {
+                        return Ok(first);
+                    }
                     let alternatives = self
                         .alternatives(restaurant, &policy, &flags, &req, &selection.table_ids, Some(&selection.seated))
                         .await;
@@ -433,11 +433,16 @@ impl HoldsService {
                 }
                 Err(DbFault::Serialization) if attempt < MAX_SERIALIZATION_RETRIES => continue,
                 Err(DbFault::Serialization) => {
+                    drop(tx);
+                    drop(c);
+                    if let Some(first) = self.replay(idem).await? {
+                        return Ok(first);
+                    }
                     return Err(HoldsError::Conflict {
                         code: "hold_conflict",
                         message: "the tables are contended; try another table or time".into(),
                         alternatives: vec![],
-                    })
+                    });
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -445,13 +450,11 @@ impl HoldsService {
     }
 
     async fn replay(&self, idem: Option<&Idempotency>) -> Result<Option<Answer>, HoldsError> {
-        let Some(i) = idem else { return Ok(None) };
-        let c = self.pool.get().await.map_err(DbFault::from)?;
-        match store::idempotency_lookup(&c, &i.scope, &i.key).await? {
-            None => Ok(None),
-            Some((hash, _, _)) if hash != i.request_hash => Err(HoldsError::IdempotencyMismatch),
-            Some((_, status, body)) => Ok(Some((status as u16, body))),
+        if idem.is_none() {
+            return Ok(None);
         }
+        let c = self.pool.get().await.map_err(DbFault::from)?;
+        replay_on(&c, idem).await
     }
 
     // ------------------------------------------------------------------ confirm
@@ -497,7 +500,8 @@ impl HoldsService {
         let flags = self.flags.get().await.set;
         let mut drifted = false;
 
-        for attempt in 1..=MAX_CONFIRM_ATTEMPTS {
+        let mut attempts = Attempts::new();
+        while let Some(attempt) = attempts.next() {
             o.attempt = attempt;
             let mut c = self.pool.get().await.map_err(|e| (DbFault::from(e).into(), drifted))?;
             let tx = c.transaction().await.map_err(|e| (DbFault::from(e).into(), drifted))?;
@@ -506,6 +510,11 @@ impl HoldsService {
                 Ok(None) => return Err((HoldsError::NotFound("hold"), false)),
                 Err(e) => return Err((e.into(), drifted)),
             };
+            // The row lock serialises duplicates: one that waited here for a first request with
+            // the same Idempotency-Key to commit answers with that request's response.
+            if let Some(first) = replay_on(&tx, idem).await.map_err(|e| (e, false))? {
+                return Ok((first, false));
+            }
             o.restaurant = Some(row.restaurant_id);
             o.party = Some(row.party_size as u16);
             o.mode = match row.strict_mode.as_str() {
@@ -529,7 +538,6 @@ impl HoldsService {
             let blocked = Window::new(row.blocked_start, row.blocked_end)
                 .map_err(|_| (HoldsError::Db(DbFault::Other("bad hold window".into())), false))?;
             let booking = Uuid::new_v4();
-            o.booking = Some(BookingId(booking));
 
             let outcome: Result<Answer, DbFault> = match Drift::check(&meta.policy_hash, &current) {
                 Drift::None => {
@@ -611,23 +619,21 @@ impl HoldsService {
             };
             match outcome {
                 Ok(answer) => {
-                    tx.commit().await.map_err(|e| (DbFault::from(e).into(), drifted))?;
                     if drifted {
-                        // Ops hear about a drifted policy once per restaurant and version.
-                        if let Ok(c) = self.pool.get().await {
-                            let job = EmailJob::ops_policy_drift(row.restaurant_id, policy.version);
-                            if let Err(e) = outbox::enqueue(&c, &job, Utc::now()).await {
-                                tracing::warn!(error = %e, "ops drift notice not enqueued");
-                            }
-                        }
+                        // Ops hear about a drifted policy once per restaurant and version: the
+                        // outbox's dedupe key absorbs every later drift of the same version, and
+                        // writing it in this transaction means it cannot be lost.
+                        let job = EmailJob::ops_policy_drift(row.restaurant_id, policy.version);
+                        outbox::enqueue(&tx, &job, Utc::now()).await.map_err(|e| (e.into(), drifted))?;
                     }
+                    tx.commit().await.map_err(|e| (DbFault::from(e).into(), drifted))?;
+                    // Only now does the booking exist: failure events never name a rolled-back id.
+                    o.booking = Some(BookingId(booking));
                     return Ok((answer, drifted));
                 }
-                Err(DbFault::Exclusion { .. }) | Err(DbFault::Serialization)
-                    if drifted && attempt < MAX_CONFIRM_ATTEMPTS =>
-                {
-                    continue
-                }
+                Err(DbFault::Exclusion { .. }) if drifted && attempts.remaining() > 0 => continue,
+                // A deadlock or serialization failure is retried within the same budget.
+                Err(DbFault::Serialization) if attempts.remaining() > 0 => continue,
                 Err(DbFault::Exclusion { .. }) | Err(DbFault::Serialization) => {
                     drop(tx);
                     drop(c);
@@ -808,7 +814,7 @@ impl HoldsService {
         let state = HoldStatus::parse(&row.status)
             .ok()
             .map(|s| HoldState::at(s, row.expires_at, row.db_now))
-            .map(state_str)
+            .map(HoldState::as_str)
             .unwrap_or("unknown");
         let missing = HoldMetadata {
             policy_version: row.policy_version,
@@ -840,15 +846,6 @@ impl HoldsService {
                 "metadata_missing": missing,
             }),
         ))
-    }
-}
-
-fn state_str(s: HoldState) -> &'static str {
-    match s {
-        HoldState::Live => "live",
-        HoldState::Expired => "expired",
-        HoldState::Confirmed => "confirmed",
-        HoldState::Released => "released",
     }
 }
 
@@ -894,7 +891,7 @@ fn hold_json(
         "blocked_until": s.blocked.end(),
         "expires_at": expires_at,
         "table_ids": s.table_ids,
-        "strict_mode": mode_str(mode),
+        "strict_mode": mode.as_str(),
         "policy_version": s.policy_version,
         "policy_hash": s.policy_hash,
     })
