@@ -705,6 +705,29 @@ pub fn closed_windows(
     out
 }
 
+/// How long an open transaction may hold windows back before it is ignored (with a warning):
+/// an idle-in-transaction session must not stall every metric.
+pub const MAX_OPEN_TRANSACTION_WAIT_MINUTES: i64 = 15;
+
+/// Keeps only the windows that end no later than the start of the oldest transaction still open
+/// in the database. An event's `created_at` is its transaction's start, and its id is taken
+/// before that transaction commits: a window closed while such a transaction is open could
+/// miss its rows for good (their ids are below the high-water mark this run records). Windows
+/// ending before every open transaction began cannot gain rows from them. A transaction open
+/// longer than `max_wait` is ignored, so one forgotten session cannot stall metrics.
+pub fn cap_at_open_transactions(
+    windows: Vec<DateTime<Utc>>,
+    window: Duration,
+    oldest_open: Option<DateTime<Utc>>,
+    db_now: DateTime<Utc>,
+    max_wait: Duration,
+) -> Vec<DateTime<Utc>> {
+    match oldest_open {
+        Some(open) if db_now - open <= max_wait => windows.into_iter().take_while(|w| *w + window <= open).collect(),
+        _ => windows,
+    }
+}
+
 /// Moves rows that arrived after their own window was published into the window being
 /// closed (`window_start`), so a late event is counted once, in the window of its arrival,
 /// instead of being dropped or re-publishing a closed window. Returns how many were moved.

@@ -675,6 +675,41 @@ async fn late_events_are_counted_once_in_the_next_window() {
     assert_eq!((r3.late_events, r3.events), (0, 0), "counted once");
 }
 
+/// A row whose transaction is still open when a later row commits: its id is below the
+/// high-water mark, so closing its window then would lose it for good. The window waits for
+/// the transaction, and the row is counted once.
+#[tokio::test]
+async fn a_window_waits_for_a_transaction_that_began_inside_it() {
+    let f = Fixture::new().await;
+    let agg = f.aggregator();
+    let first = agg.run_once(Utc::now()).await.expect("first run sets the cursor at this minute");
+    assert_eq!(first.windows_closed, 0);
+
+    let insert = "INSERT INTO observability_events (source, event_type, severity, context)
+                  VALUES ('holds-api', 'hold.created', 'info', '{}')";
+    let mut slow = f.db.pool.get().await.expect("conn");
+    let tx = slow.transaction().await.expect("tx");
+    tx.execute(insert, &[]).await.expect("slow row (id n, uncommitted)");
+    f.db.pool.get().await.expect("conn").execute(insert, &[]).await.expect("quick row (id n+1, committed)");
+
+    let later = Utc::now() + Duration::minutes(5);
+    let held = agg.run_once(later).await.expect("run while the transaction is open");
+    assert_eq!((held.windows_closed, held.events), (0, 0), "{held:?}");
+
+    tx.commit().await.expect("slow row commits");
+    let closed = agg.run_once(later).await.expect("run after");
+    assert!(closed.windows_closed >= 1, "{closed:?}");
+    let c = f.db.pool.get().await.expect("conn");
+    let counted: i64 = c
+        .query_one("SELECT COALESCE(sum(event_count), 0)::bigint FROM metrics_batches WHERE kind = 'events'", &[])
+        .await
+        .expect("sum")
+        .get(0);
+    assert_eq!(counted, 2, "both rows counted, once each");
+    let again = agg.run_once(later + Duration::minutes(1)).await.expect("run again");
+    assert_eq!(again.events, 0, "nothing counted twice");
+}
+
 #[tokio::test]
 async fn datadog_disabled_by_flag_gets_nothing_and_cloudwatch_still_works() {
     let f = Fixture::with_flags(&[("metrics.datadogEnabled", "false")]).await;

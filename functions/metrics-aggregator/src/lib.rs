@@ -173,6 +173,11 @@ pub fn build_with(cfg: &Config, sdk: &SdkConfig, pool: Pool, options: Options) -
 const CURSOR_SQL: &str = "SELECT next_window_start, last_seen_id FROM metrics_cursor WHERE id FOR UPDATE SKIP LOCKED";
 /// Rows per fetch from the windows' portal.
 const FETCH_ROWS: i32 = 20_000;
+/// The start of the oldest other transaction open in this database, and the database clock.
+/// Needs `pg_read_all_stats` (or one role for every writer) to see other roles' sessions.
+const OLDEST_OPEN_TX_SQL: &str = "SELECT (SELECT min(xact_start) FROM pg_stat_activity
+     WHERE datname = current_database() AND pid <> pg_backend_pid()
+       AND backend_type = 'client backend' AND xact_start IS NOT NULL), now()";
 const EVENT_COLUMNS: &str = "id, created_at, source, event_type, context";
 
 fn event_row(r: &Row) -> EventRow {
@@ -257,6 +262,10 @@ impl Aggregator {
         let window = self.options.window;
         let grace = Duration::seconds(i64::from(flags.late_event_grace_seconds()));
         let mut client = self.pool.get().await?;
+        // Read BEFORE the snapshot: any transaction open at snapshot time either shows here or
+        // began after this read, when every window we may close had already ended.
+        let open = client.query_one(OLDEST_OPEN_TX_SQL, &[]).await?;
+        let (oldest_open, db_now): (Option<DateTime<Utc>>, DateTime<Utc>) = (open.get(0), open.get(1));
         let tx =
             client.build_transaction().isolation_level(tokio_postgres::IsolationLevel::RepeatableRead).start().await?;
         let cursor = match tx.query_opt(CURSOR_SQL, &[]).await {
@@ -298,7 +307,20 @@ impl Aggregator {
             }
         };
 
-        let windows = closed_windows(next_open, now, window, grace, self.options.max_windows_per_run);
+        let closable = closed_windows(next_open, now, window, grace, self.options.max_windows_per_run);
+        let max_wait = Duration::minutes(holdfast_shared::metrics::MAX_OPEN_TRANSACTION_WAIT_MINUTES);
+        if let Some(open) = oldest_open.filter(|o| db_now - *o > max_wait) {
+            tracing::warn!(open_since = %open, "a transaction open for over the wait limit is not waited for");
+        }
+        let windows =
+            holdfast_shared::metrics::cap_at_open_transactions(closable.clone(), window, oldest_open, db_now, max_wait);
+        if windows.len() < closable.len() {
+            tracing::info!(
+                waiting = closable.len() - windows.len(),
+                open_since = ?oldest_open,
+                "windows wait for a transaction that began inside them"
+            );
+        }
         let (Some(first), Some(last)) = (windows.first().copied(), windows.last().copied()) else {
             tx.commit().await?;
             return Ok(());

@@ -510,3 +510,23 @@ fn metrics_doc_lists_every_metric_and_dimension_value() {
     }
     assert!(doc.contains(LATE_EVENT_GRACE_FLAG));
 }
+
+#[test]
+fn windows_wait_for_transactions_that_began_inside_them() {
+    let t0 = "2030-01-07T19:00:00Z".parse::<DateTime<Utc>>().expect("time");
+    let minute = Duration::minutes(1);
+    let windows: Vec<_> = (0..5).map(|i| t0 + minute * i).collect();
+    let wait = Duration::minutes(MAX_OPEN_TRANSACTION_WAIT_MINUTES);
+    let now = t0 + Duration::minutes(8);
+    // No open transaction: everything closes.
+    assert_eq!(cap_at_open_transactions(windows.clone(), minute, None, now, wait), windows);
+    // One began at 19:02:30: windows ending by then (19:00, 19:01) close, the rest wait.
+    let open = Some(t0 + Duration::seconds(150));
+    assert_eq!(cap_at_open_transactions(windows.clone(), minute, open, now, wait), windows[..2].to_vec());
+    // Began exactly at a boundary: the window ending there closes.
+    let open = Some(t0 + Duration::minutes(2));
+    assert_eq!(cap_at_open_transactions(windows.clone(), minute, open, now, wait).len(), 2);
+    // Open for longer than the wait: ignored.
+    let stale = Some(now - wait - Duration::seconds(1));
+    assert_eq!(cap_at_open_transactions(windows.clone(), minute, stale, now, wait), windows);
+}
