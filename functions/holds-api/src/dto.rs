@@ -23,8 +23,9 @@ pub struct HoldBody {
     /// The tables a quote chose; omitted → the service quotes now.
     #[serde(default)]
     pub table_ids: Option<Vec<TableId>>,
-    /// The policy hash the quote was made under (informational: a hold always uses the
-    /// current policy; a mismatch is recorded).
+    /// The policy hash the quote was made under. Accepted so a client can send its quote back
+    /// whole, but informational: a hold is always made under the current policy, and the
+    /// hash that counts (checked at confirm) is the one stored with the hold.
     #[serde(default)]
     pub policy_hash: Option<String>,
 }
