@@ -13,6 +13,14 @@ use uuid::Uuid;
 pub const DEFAULT_DATABASE_URL: &str = "postgres://holdfast@127.0.0.1:55432/holdfast";
 pub const DEFAULT_AWS_ENDPOINT: &str = "http://127.0.0.1:5055";
 
+/// `host:port` of the AWS emulator the tests use (from `AWS_ENDPOINT_URL`, as the SDK sees it),
+/// for tests that put something between the SDK and the emulator.
+pub fn emulator_addr() -> String {
+    let url = env_or("AWS_ENDPOINT_URL", DEFAULT_AWS_ENDPOINT);
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(&url);
+    rest.trim_end_matches('/').to_string()
+}
+
 fn env_or(key: &str, default: &str) -> String {
     std::env::var(key).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_string())
 }

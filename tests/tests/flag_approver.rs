@@ -15,8 +15,6 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-const EMULATOR: &str = "127.0.0.1:5055";
-
 struct Ctx {
     db: TestDb,
     aws: TestAws,
@@ -421,7 +419,7 @@ impl Outage {
                     continue; // dropped: connection closed at once
                 }
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(EMULATOR).await else { return };
+                    let Ok(mut outbound) = TcpStream::connect(holdfast_tests::emulator_addr()).await else { return };
                     tokio::select! {
                         biased;
                         _ = rx.wait_for(|up| !*up) => {}
