@@ -214,6 +214,40 @@ async fn confirm_books_atomically_writes_the_outbox_and_blocks_others() {
     assert_eq!(t.count(OVERLAPS).await, 0);
 }
 
+/// Quotes and the alternatives of a 409 see confirmed bookings, not only live holds: a booked
+/// table is never quoted or offered for an overlapping time.
+#[tokio::test]
+async fn quotes_and_alternatives_never_offer_a_booked_table() {
+    let t = Ctx::new().await;
+    let m1 = t.table("M1");
+    let (s, h) = t.hold(Some(vec![m1.clone()]), START, 2).await;
+    assert_eq!(s, 201, "{h}");
+    let (s, b) = t.call("POST", &format!("/holds/{}/confirm", h["hold_id"].as_str().expect("id")), Ctx::guest()).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(t.count("SELECT count(*) FROM table_claims WHERE active AND kind = 'hold'").await, 0);
+
+    let quote = json!({ "party_size": 2, "start": START });
+    let (s, q) = t.call("POST", &format!("/restaurants/{}/quotes", t.restaurant), quote).await;
+    assert_eq!(s, 200, "{q}");
+    assert!(!q["table_ids"].as_array().expect("tables").contains(&m1), "booked M1 quoted: {q}");
+    assert_eq!(q["selection_snapshot"]["busy_tables_count"], 1, "{q}");
+
+    let (s, c) = t.hold(Some(vec![m1.clone()]), START, 2).await;
+    assert_eq!(s, 409, "{c}");
+    let alternatives = c["error"]["alternatives"].as_array().expect("alternatives");
+    assert!(!alternatives.is_empty(), "{c}");
+    for alt in alternatives {
+        if alt["start"] == json!(START) {
+            assert!(!alt["table_ids"].as_array().expect("ids").contains(&m1), "booked M1 offered: {alt}");
+        }
+    }
+    // The first alternative is really free: holding it succeeds.
+    let first = &alternatives[0];
+    let body = json!({ "restaurant_id": t.restaurant, "party_size": 2, "start": first["start"], "table_ids": first["table_ids"] });
+    let (s, won) = t.call("POST", "/holds", body).await;
+    assert_eq!(s, 201, "{won}");
+}
+
 #[tokio::test]
 async fn release_frees_tables_and_is_idempotent() {
     let t = Ctx::new().await;

@@ -89,7 +89,9 @@ pub async fn current_policy<C: GenericClient>(
 }
 
 /// Windows already taken on the restaurant's tables around `around` (±3 h, enough for the
-/// alternatives search): bookings and unexpired holds, shadow holds included.
+/// alternatives search): bookings and unexpired holds, shadow holds included. `ignore_hold`
+/// leaves out one hold's own claims (drift re-quote). Booking claims carry no hold id, so the
+/// filter must not be `hold_id IS DISTINCT FROM NULL`: that would hide every booking.
 pub async fn busy<C: GenericClient>(
     c: &C,
     restaurant: RestaurantId,
@@ -104,7 +106,7 @@ pub async fn busy<C: GenericClient>(
                 "SELECT table_id, lower(during), upper(during) FROM table_claims
               WHERE restaurant_id = $1 AND active AND during && tstzrange($2, $3, '[)')
                 AND (kind = 'booking' OR expires_at > now())
-                AND hold_id IS DISTINCT FROM $4",
+                AND ($4::uuid IS NULL OR hold_id IS DISTINCT FROM $4)",
             )
             .await?,
             &[&restaurant.as_uuid(), &from, &to, &ignore_hold.map(|h| h.as_uuid())],
