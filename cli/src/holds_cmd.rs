@@ -42,6 +42,9 @@ pub enum HoldsCmd {
         /// First start time (RFC 3339); defaults to 19:00 UTC a week from today.
         #[arg(long)]
         start: Option<chrono::DateTime<chrono::Utc>>,
+        /// How long to wait for the confirmed bookings' emails to be sent before reporting.
+        #[arg(long, default_value_t = 60)]
+        settle_seconds: u64,
     },
 }
 
@@ -64,7 +67,7 @@ pub async fn run(cmd: HoldsCmd) -> Res {
         HoldsCmd::Bench { seconds, clients, rounds } => {
             crate::holds_bench::run(crate::holds_bench::BenchArgs { seconds, clients, rounds }).await
         }
-        HoldsCmd::Rush { url, token, restaurant, flows, concurrency, slots, party, start } => {
+        HoldsCmd::Rush { url, token, restaurant, flows, concurrency, slots, party, start, settle_seconds } => {
             let start = start.unwrap_or_else(|| {
                 let day = (chrono::Utc::now() + chrono::Duration::days(7)).date_naive();
                 day.and_hms_opt(19, 0, 0).map(|t| t.and_utc()).unwrap_or_else(chrono::Utc::now)
@@ -94,14 +97,17 @@ pub async fn run(cmd: HoldsCmd) -> Res {
             match Config::from_env() {
                 Ok(cfg) => {
                     let pool = crate::local::pool(&cfg).await?;
-                    let f = crate::rush::database_figures(&pool).await?;
+                    // The relay and the sender run on their own ticks: wait (bounded) until
+                    // every confirmed booking's email is settled before reporting.
+                    let f =
+                        crate::rush::settle(&pool, s.confirmed as i64, std::time::Duration::from_secs(settle_seconds))
+                            .await?;
                     println!("  double bookings found by SQL: {}", f.overlaps);
                     println!("  email outbox: published {}, pending {}", f.outbox_published, f.outbox_pending);
                     println!("  emails sent {}, failed permanently {}", f.emails_sent, f.emails_failed);
-                    match (&cfg.email_dlq_url, dlq_depth(cfg.email_dlq_url.as_deref()).await) {
-                        (Some(_), Ok(n)) => println!("  email DLQ messages: {n}"),
-                        (Some(_), Err(e)) => println!("  email DLQ messages: unknown ({e})"),
-                        (None, _) => println!("  email DLQ messages: unknown (EMAIL_DLQ_URL unset)"),
+                    match dlq_depth(&cfg).await {
+                        Ok(n) => println!("  email DLQ messages: {n}"),
+                        Err(e) => println!("  email DLQ messages: unknown ({e})"),
                     }
                     println!("  observability events recorded: {}", f.events);
                     println!("  metric windows published (per sink): {}", f.metric_windows_published);
@@ -119,10 +125,18 @@ pub async fn run(cmd: HoldsCmd) -> Res {
     }
 }
 
-/// Visible + in-flight + delayed messages in the email DLQ.
-async fn dlq_depth(url: Option<&str>) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
-    let url = url.ok_or("no DLQ url")?;
+/// Visible + in-flight + delayed messages in the email DLQ (`EMAIL_DLQ_URL`, or the local
+/// run's DLQ by name).
+async fn dlq_depth(cfg: &Config) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
     let sdk = holdfast_adapters::aws::sdk_config().await;
-    let (visible, in_flight, delayed) = email_sender::sqs::queue_depth(&aws_sdk_sqs::Client::new(&sdk), url).await?;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let url = match &cfg.email_dlq_url {
+        Some(u) => u.clone(),
+        None => {
+            let (_, dlq) = email_sender::local_queue_names(cfg.environment.as_str());
+            sqs.get_queue_url().queue_name(&dlq).send().await?.queue_url.ok_or("no DLQ url")?
+        }
+    };
+    let (visible, in_flight, delayed) = email_sender::sqs::queue_depth(&sqs, &url).await?;
     Ok(visible + in_flight + delayed)
 }

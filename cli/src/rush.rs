@@ -255,3 +255,20 @@ pub async fn database_figures(pool: &deadpool_postgres::Pool) -> Res<DatabaseFig
         metric_windows_published: row.get(6),
     })
 }
+
+/// Poll the database figures until every confirmed booking's email has settled (sent or failed
+/// for good) and the outbox is empty, or `timeout` passes; returns the last figures either way.
+pub async fn settle(pool: &deadpool_postgres::Pool, confirmed: i64, timeout: Duration) -> Res<DatabaseFigures> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let f = database_figures(pool).await?;
+        let settled = f.outbox_pending == 0 && f.emails_sent + f.emails_failed >= confirmed;
+        if settled || Instant::now() >= deadline {
+            if !settled {
+                eprintln!("  (emails not settled after {timeout:?}; figures as they stand)");
+            }
+            return Ok(f);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -97,6 +97,11 @@ pub async fn ensure_ses_identity(sdk: &aws_config::SdkConfig, address: &str) -> 
 /// The local runner's email pipeline: creates the queue + DLQ on the emulator (same redrive
 /// policy as infra), then in the background polls the queue and invokes the handler with real
 /// SQS event shapes (deleting what succeeded, as the event source mapping does), and ticks the
+/// The queue names the local run uses (the stack names its queues the same way).
+pub fn local_queue_names(env: &str) -> (String, String) {
+    (format!("holdfast-{env}-email"), format!("holdfast-{env}-email-dlq"))
+}
+
 /// outbox relay every `relay_every`. Sends through SES on the emulator (or Resend, by flag).
 pub async fn run_local_consumer(
     cfg: &Config,
@@ -106,13 +111,8 @@ pub async fn run_local_consumer(
     let sdk = holdfast_adapters::aws::sdk_config().await;
     let sqs_client = aws_sdk_sqs::Client::new(&sdk);
     let env = cfg.environment.as_str();
-    let pair = sqs::create_queue_pair(
-        &sqs_client,
-        &format!("holdfast-{env}-email"),
-        &format!("holdfast-{env}-email-dlq"),
-        180,
-    )
-    .await?;
+    let (queue, dlq) = local_queue_names(env);
+    let pair = sqs::create_queue_pair(&sqs_client, &queue, &dlq, 180).await?;
     let from = cfg.ses_from_address.clone().unwrap_or_else(|| "bookings@holdfast.local".into());
     ensure_ses_identity(&sdk, &from).await?;
     let flags =
