@@ -153,3 +153,20 @@ pub async fn migrate(pool: &Pool) -> Result<usize, DbFault> {
 pub fn known_migrations() -> Vec<String> {
     embedded::migrations::runner().get_migrations().iter().map(|m| m.to_string()).collect()
 }
+
+/// Swap the database name in a `postgres://…/db?params` URL (throwaway test and bench
+/// databases beside the configured one).
+pub fn replace_dbname(url: &str, dbname: &str) -> String {
+    let (head, query) = match url.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = head.find("://").map(|i| i + 3).unwrap_or(0);
+    let path_start = head[scheme_end..].find('/').map(|i| i + scheme_end).unwrap_or(head.len());
+    let mut out = format!("{}/{}", &head[..path_start], dbname);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}

@@ -66,7 +66,7 @@ pub async fn run(a: BenchArgs) -> Res {
         c.batch_execute(&format!("DROP DATABASE IF EXISTS {BENCH_DB}")).await?;
         c.batch_execute(&format!("CREATE DATABASE {BENCH_DB}")).await?;
     }
-    let url = replace_dbname(&base, BENCH_DB);
+    let url = holdfast_adapters::db::replace_dbname(&base, BENCH_DB);
     let pool = holdfast_adapters::db::pool_from_url(&url, a.clients + 2)?;
     holdfast_adapters::db::migrate(&pool).await?;
     let restaurant: RestaurantId = RESTAURANT.parse()?;
@@ -169,15 +169,4 @@ fn pgbench(pg_bin: &str, a: &BenchArgs, script: &std::path::Path, url: &str) -> 
         .and_then(|v| v.parse::<f64>().ok())
         .ok_or_else(|| format!("pgbench failed: {}{}", text, String::from_utf8_lossy(&out.stderr)))?;
     Ok(tps)
-}
-
-fn replace_dbname(url: &str, db: &str) -> String {
-    let (head, query) = url.split_once('?').map(|(h, q)| (h, Some(q))).unwrap_or((url, None));
-    let cut = head.rfind('/').filter(|i| *i > head.find("://").map(|j| j + 2).unwrap_or(0)).unwrap_or(head.len());
-    let mut out = format!("{}/{db}", &head[..cut]);
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    out
 }

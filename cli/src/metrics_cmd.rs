@@ -139,7 +139,7 @@ async fn bench(sizes: &[i64], rounds: usize, minutes: i64, database: &str) -> Re
         c.batch_execute(&format!("DROP DATABASE IF EXISTS {database}")).await?;
         c.batch_execute(&format!("CREATE DATABASE {database}")).await?;
     }
-    let url = replace_dbname(&base, database);
+    let url = holdfast_adapters::db::replace_dbname(&base, database);
     let pool = holdfast_adapters::db::pool_from_url(&url, 4)?;
     holdfast_adapters::db::migrate(&pool).await?;
 
@@ -274,20 +274,4 @@ async fn server_scan(
         return Err(format!("server scan counted {rows} rows, expected {n}").into());
     }
     Ok(plan[0]["Execution Time"].as_f64().unwrap_or_default())
-}
-
-/// Swap the database name in a `postgres://…/db?params` URL.
-fn replace_dbname(url: &str, dbname: &str) -> String {
-    let (head, query) = match url.split_once('?') {
-        Some((h, q)) => (h, Some(q)),
-        None => (url, None),
-    };
-    let scheme_end = head.find("://").map(|i| i + 3).unwrap_or(0);
-    let path_start = head[scheme_end..].find('/').map(|i| i + scheme_end).unwrap_or(head.len());
-    let mut out = format!("{}/{}", &head[..path_start], dbname);
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    out
 }

@@ -10,6 +10,8 @@ use std::future::Future;
 use std::time::Duration;
 use uuid::Uuid;
 
+pub use holdfast_adapters::db::replace_dbname;
+
 pub const DEFAULT_DATABASE_URL: &str = "postgres://holdfast@127.0.0.1:55432/holdfast";
 pub const DEFAULT_AWS_ENDPOINT: &str = "http://127.0.0.1:5055";
 
@@ -67,22 +69,6 @@ impl TestDb {
         holdfast_adapters::db::migrate(&pool).await.expect("migrations apply");
         TestDb { name, url, pool }
     }
-}
-
-/// Swap the database name in a `postgres://…/db?params` URL.
-pub fn replace_dbname(url: &str, dbname: &str) -> String {
-    let (head, query) = match url.split_once('?') {
-        Some((h, q)) => (h, Some(q)),
-        None => (url, None),
-    };
-    let scheme_end = head.find("://").map(|i| i + 3).unwrap_or(0);
-    let path_start = head[scheme_end..].find('/').map(|i| i + scheme_end).unwrap_or(head.len());
-    let mut out = format!("{}/{}", &head[..path_start], dbname);
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    out
 }
 
 /// AWS SDK config for the emulator plus a unique prefix for this test's resource names.
