@@ -582,32 +582,16 @@ async fn pii_in_every_context_field_never_reaches_a_sink() {
     ];
     let restaurant = Uuid::new_v4();
     let booking = Uuid::new_v4();
-    let keys = [
-        "operation",
-        "outcome",
-        "error_code",
-        "email_type",
-        "duration_ms",
-        "attempt",
-        "max_attempts",
-        "strict_mode",
-        "policy_version",
-        "table_count",
-        "party_size",
-        "rollout_percent",
-        "hold_id",
-        "request_id",
-        "guest_name",
-        "guest_email",
-        "phone",
-        "notes",
-    ];
+    // Every key the sanitiser keeps (the shared allow-list, so a key added later is covered
+    // too) plus keys that only a careless caller would send.
+    let extra = ["guest_name", "guest_email", "phone", "notes"];
+    let keys: Vec<&str> = holdfast_shared::events::CONTEXT_KEYS.iter().copied().chain(extra).collect();
     let types = ["hold.created", "hold.failed", "hold.conflict", "email.sent", "email.failed", "quote.completed"];
     let mut n = 0;
     for (i, p) in pii.iter().enumerate() {
         for (j, et) in types.iter().enumerate() {
             let mut ctx = serde_json::Map::new();
-            for k in keys {
+            for k in &keys {
                 ctx.insert(k.to_string(), json!(p));
             }
             // Codes that pass the code shape but name a person: bucketed to "other".
