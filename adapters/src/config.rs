@@ -47,7 +47,11 @@ pub struct Config {
     pub datadog_api_key_param: Option<String>,
     pub datadog_api_url: Option<String>,
     pub resend_api_key_param: Option<String>,
+    /// Resend's API base URL; unset means the public API (tests point it at a capture server).
+    pub resend_api_url: Option<String>,
     pub ses_from_address: Option<String>,
+    /// Recipient of the ops policy-drift notice; unset, those jobs fail permanently.
+    pub email_ops_address: Option<String>,
 }
 
 impl Config {
@@ -108,7 +112,9 @@ impl Config {
             datadog_api_key_param: get_nonempty("DATADOG_API_KEY_PARAM"),
             datadog_api_url: get_nonempty("DATADOG_API_URL"),
             resend_api_key_param: get_nonempty("RESEND_API_KEY_PARAM"),
+            resend_api_url: get_nonempty("RESEND_API_URL"),
             ses_from_address: get_nonempty("SES_FROM_ADDRESS"),
+            email_ops_address: get_nonempty("EMAIL_OPS_ADDRESS"),
         })
     }
 }

@@ -2,11 +2,15 @@
 //! errors are classified (unavailable → retriable, named constraint → domain error).
 
 use crate::config::{Config, DatabaseSource};
+use crate::secrets::{secrets_manager_reference, SecretError, SsmSecret};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use std::time::Duration;
 use thiserror::Error;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
+
+#[path = "../../migrations/constraints.rs"]
+pub mod constraints;
 
 mod embedded {
     refinery::embed_migrations!("../migrations");
@@ -46,6 +50,12 @@ impl DbFault {
     pub fn is_retriable(&self) -> bool {
         matches!(self, Self::Unavailable | Self::Serialization)
     }
+
+    /// Did the write break `constraint` (one of [`constraints`])? Exclusion and unique
+    /// violations both name their constraint.
+    pub fn violates(&self, constraint: &str) -> bool {
+        matches!(self, Self::Exclusion { constraint: c } | Self::Unique { constraint: c } if c == constraint)
+    }
 }
 
 impl From<tokio_postgres::Error> for DbFault {
@@ -58,7 +68,6 @@ impl From<deadpool_postgres::PoolError> for DbFault {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         match e {
             deadpool_postgres::PoolError::Backend(e) => classify(&e),
-            // Timeouts and closed pools mean "no connection now": retriable.
             // Timeouts and closed pools mean "no connection now": retriable.
             _ => DbFault::Unavailable,
         }
@@ -115,21 +124,17 @@ pub async fn pool_from_config(cfg: &Config, ssm: &aws_sdk_ssm::Client) -> Result
     match &cfg.database {
         DatabaseSource::Url(url) => pool_from_url(url, cfg.db_pool_size),
         DatabaseSource::Secret { host, port, dbname, secret_arn } => {
-            let out = ssm
-                .get_parameter()
-                .name(format!("/aws/reference/secretsmanager/{secret_arn}"))
-                .with_decryption(true)
-                .send()
-                .await
-                .map_err(|e| DbSetupError::Credentials(format!("{}", aws_sdk_ssm::error::DisplayErrorContext(&e))))?;
-            let raw =
-                out.parameter.and_then(|p| p.value).ok_or_else(|| DbSetupError::Credentials("empty secret".into()))?;
+            let secret = SsmSecret::new(ssm.clone(), secrets_manager_reference(secret_arn));
+            let raw = secret.get().await.map_err(|e| match e {
+                SecretError::Unreadable(detail) => DbSetupError::Credentials(detail),
+                SecretError::Empty => DbSetupError::Credentials("empty secret".into()),
+            })?;
             #[derive(serde::Deserialize)]
             struct Secret {
                 username: String,
                 password: String,
             }
-            let s: Secret = serde_json::from_str(&raw)
+            let s: Secret = serde_json::from_str(raw.expose())
                 .map_err(|_| DbSetupError::Credentials("secret is not {username,password} JSON".into()))?;
             let mut pg = tokio_postgres::Config::new();
             pg.host(host).port(*port).dbname(dbname).user(&s.username).password(&s.password);

@@ -2,7 +2,11 @@
 //! with errors that name the field, JSON problem responses, and the caller's identity from the
 //! API Gateway authorizer (never from the request body).
 
-use lambda_http::http::{header, HeaderValue, StatusCode};
+use lambda_http::aws_lambda_events::apigw::{
+    ApiGatewayRequestAuthorizer, ApiGatewayRequestAuthorizerJwtDescription, ApiGatewayV2httpRequest,
+    ApiGatewayV2httpRequestContext, ApiGatewayV2httpRequestContextHttpDescription,
+};
+use lambda_http::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use lambda_http::{Body, Request, RequestExt, Response};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -172,9 +176,101 @@ pub fn request_id(req: &Request) -> Option<String> {
     })
 }
 
-/// The API Gateway HTTP API (payload v2) event for a request, as Lambda receives it, with the
-/// JWT authorizer's `sub` claim. Used by the local gateway and by tests, which then parse it
-/// with `lambda_http::request::from_str` — the same code path as in AWS.
+/// The API Gateway HTTP API (payload v2) event that Lambda would receive for a request, as the
+/// typed `aws_lambda_events` struct, so the compiler checks its shape (no hand-written JSON).
+/// Built by the local gateway (`cli/src/gateway.rs`), the tests and the holds benchmark.
+///
+/// `sub` becomes the JWT authorizer's `sub` claim (what `caller` reads); `None` leaves the
+/// authorizer out, as for a route without one. Headers are lower-cased by `HeaderMap`; a header
+/// sent more than once is folded into one comma-separated value, as API Gateway does for
+/// payload v2 (the event carries one value per name). The body is passed as text
+/// (`isBase64Encoded: false`): these APIs take JSON, not binary media types.
+pub fn apigw_v2_http_request(
+    method: Method,
+    path: &str,
+    query: &str,
+    headers: &HeaderMap,
+    body: &str,
+    sub: Option<&str>,
+) -> ApiGatewayV2httpRequest {
+    let now = chrono::Utc::now();
+
+    let mut http = ApiGatewayV2httpRequestContextHttpDescription::default();
+    http.method = method;
+    http.path = Some(path.to_string());
+    http.protocol = Some("HTTP/1.1".into());
+    http.source_ip = Some("127.0.0.1".into());
+    http.user_agent =
+        Some(headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string());
+
+    let mut ctx = ApiGatewayV2httpRequestContext::default();
+    ctx.account_id = Some("000000000000".into());
+    ctx.apiid = Some("local".into());
+    ctx.domain_name = Some("127.0.0.1".into());
+    ctx.domain_prefix = Some("local".into());
+    ctx.http = http;
+    ctx.request_id = Some(uuid::Uuid::new_v4().to_string());
+    ctx.route_key = Some("$default".into());
+    ctx.stage = Some("$default".into());
+    ctx.time = Some(now.format("%d/%b/%Y:%H:%M:%S +0000").to_string());
+    ctx.time_epoch = now.timestamp_millis();
+    ctx.authorizer = sub.map(|sub| {
+        let mut jwt = ApiGatewayRequestAuthorizerJwtDescription::default();
+        jwt.claims.insert("sub".into(), sub.to_string());
+        let mut auth = ApiGatewayRequestAuthorizer::default();
+        auth.jwt = Some(jwt);
+        auth
+    });
+
+    let mut event = ApiGatewayV2httpRequest::default();
+    event.version = Some("2.0".into());
+    event.route_key = Some("$default".into());
+    event.raw_path = Some(path.to_string());
+    event.raw_query_string = Some(query.to_string());
+    event.headers = fold_repeated_headers(headers);
+    event.request_context = ctx;
+    event.body = Some(body.to_string());
+    event.is_base64_encoded = false;
+    event
+}
+
+/// One value per header name, repeated values joined with `,` (API Gateway payload v2). The
+/// event serializer keeps only a header's first value, so the folding must happen here.
+fn fold_repeated_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(headers.keys_len());
+    for name in headers.keys() {
+        let mut values = headers.get_all(name).iter();
+        let Some(first) = values.next() else { continue };
+        let mut joined = first.as_bytes().to_vec();
+        for v in values {
+            joined.push(b',');
+            joined.extend_from_slice(v.as_bytes());
+        }
+        if let Ok(v) = HeaderValue::from_bytes(&joined) {
+            out.insert(name.clone(), v);
+        }
+    }
+    out
+}
+
+/// The `lambda_http::Request` a function's handler gets for `event`, built as the Lambda
+/// runtime builds it: the event as JSON (the invoke payload), deserialized by `lambda_http`
+/// (its `LambdaRequest` payload detection) and converted into an `http::Request`. Going through
+/// JSON also proves the typed event serializes into something `lambda_http` accepts.
+pub fn lambda_request(event: &ApiGatewayV2httpRequest) -> Result<Request, InvalidEvent> {
+    let payload = serde_json::to_string(event).map_err(|e| InvalidEvent(format!("serialize: {e}")))?;
+    lambda_http::request::from_str(&payload).map_err(|e| InvalidEvent(format!("lambda_http refused it: {e}")))
+}
+
+/// A request that cannot be expressed as an API Gateway v2 event (bad method or header, or an
+/// event `lambda_http` refuses).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("invalid API Gateway v2 event: {0}")]
+pub struct InvalidEvent(pub String);
+
+/// The same event as JSON, for callers that hand the payload to `lambda_http::request::from_str`
+/// themselves (the holds benchmark). `Value::Null` if the method or a header is invalid, which
+/// `from_str` refuses like any other malformed event.
 pub fn apigw_v2_event(
     method: &str,
     path: &str,
@@ -183,36 +279,27 @@ pub fn apigw_v2_event(
     body: &str,
     sub: Option<&str>,
 ) -> Value {
-    let mut hdrs = serde_json::Map::new();
+    typed_event(method, path, query, headers, body, sub)
+        .and_then(|e| serde_json::to_value(e).map_err(|e| InvalidEvent(e.to_string())))
+        .unwrap_or(Value::Null)
+}
+
+fn typed_event(
+    method: &str,
+    path: &str,
+    query: &str,
+    headers: &[(String, String)],
+    body: &str,
+    sub: Option<&str>,
+) -> Result<ApiGatewayV2httpRequest, InvalidEvent> {
+    let method = Method::from_bytes(method.as_bytes()).map_err(|e| InvalidEvent(format!("method: {e}")))?;
+    let mut map = HeaderMap::with_capacity(headers.len());
     for (k, v) in headers {
-        hdrs.insert(k.to_ascii_lowercase(), json!(v));
+        let name = HeaderName::from_bytes(k.as_bytes()).map_err(|e| InvalidEvent(format!("header {k:?}: {e}")))?;
+        let value = HeaderValue::from_str(v).map_err(|e| InvalidEvent(format!("header {k:?}: {e}")))?;
+        map.append(name, value);
     }
-    let now = chrono::Utc::now();
-    let mut ctx = json!({
-        "accountId": "000000000000",
-        "apiId": "local",
-        "domainName": "127.0.0.1",
-        "domainPrefix": "local",
-        "http": { "method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1", "userAgent": "" },
-        "requestId": uuid::Uuid::new_v4().to_string(),
-        "routeKey": "$default",
-        "stage": "$default",
-        "time": now.format("%d/%b/%Y:%H:%M:%S +0000").to_string(),
-        "timeEpoch": now.timestamp_millis()
-    });
-    if let Some(sub) = sub {
-        ctx["authorizer"] = json!({ "jwt": { "claims": { "sub": sub }, "scopes": null } });
-    }
-    json!({
-        "version": "2.0",
-        "routeKey": "$default",
-        "rawPath": path,
-        "rawQueryString": query,
-        "headers": hdrs,
-        "requestContext": ctx,
-        "body": body,
-        "isBase64Encoded": false
-    })
+    Ok(apigw_v2_http_request(method, path, query, &map, body, sub))
 }
 
 #[cfg(test)]
@@ -231,6 +318,62 @@ mod tests {
     #[allow(dead_code)]
     struct Inner {
         name: String,
+    }
+
+    fn hdrs(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(HeaderName::from_bytes(k.as_bytes()).expect("name"), HeaderValue::from_str(v).expect("value"));
+        }
+        map
+    }
+
+    #[test]
+    fn typed_event_becomes_the_request_lambda_http_builds() {
+        let headers = hdrs(&[("Content-Type", "application/json"), ("Idempotency-Key", "k-1"), ("user-agent", "t/1")]);
+        let event =
+            apigw_v2_http_request(Method::POST, "/holds/h1/confirm", "a=1&b=2", &headers, r#"{"x":1}"#, Some("ada"));
+        let req = lambda_request(&event).expect("lambda_http accepts the event");
+        assert_eq!(req.method(), Method::POST);
+        assert_eq!(req.uri().path(), "/holds/h1/confirm");
+        assert_eq!(req.uri().query(), Some("a=1&b=2"));
+        assert_eq!(req.headers().get("idempotency-key").and_then(|v| v.to_str().ok()), Some("k-1"));
+        assert_eq!(body_bytes(&req), br#"{"x":1}"#);
+        assert_eq!(caller(&req).as_deref(), Some("ada"));
+        assert!(request_id(&req).is_some_and(|id| !id.is_empty()));
+        match req.request_context_ref() {
+            Some(lambda_http::request::RequestContext::ApiGatewayV2(c)) => {
+                assert_eq!(c.http.user_agent.as_deref(), Some("t/1"));
+                assert_eq!(c.stage.as_deref(), Some("$default"));
+            }
+            _ => panic!("an API Gateway v2 request context"),
+        }
+    }
+
+    #[test]
+    fn without_a_subject_there_is_no_authorizer_and_no_caller() {
+        let event = apigw_v2_http_request(Method::GET, "/flags", "", &HeaderMap::new(), "", None);
+        assert!(event.request_context.authorizer.is_none());
+        let req = lambda_request(&event).expect("valid");
+        assert_eq!(caller(&req), None);
+    }
+
+    #[test]
+    fn repeated_headers_are_folded_into_one_value() {
+        let event = apigw_v2_http_request(Method::GET, "/", "", &hdrs(&[("x-a", "1"), ("X-A", "2")]), "", None);
+        assert_eq!(event.headers.get_all("x-a").iter().collect::<Vec<_>>(), vec!["1,2"]);
+    }
+
+    #[test]
+    fn json_event_is_the_typed_event() {
+        let headers = [("content-type".to_string(), "application/json".to_string())];
+        let json = apigw_v2_event("POST", "/holds", "", &headers, "{}", Some("bench"));
+        assert_eq!(json["requestContext"]["authorizer"]["jwt"]["claims"]["sub"], "bench");
+        assert_eq!((json["version"].as_str(), json["isBase64Encoded"].as_bool()), (Some("2.0"), Some(false)));
+        let req = lambda_http::request::from_str(&json.to_string()).expect("lambda_http accepts it");
+        assert_eq!(caller(&req).as_deref(), Some("bench"));
+        assert_eq!(apigw_v2_event("BAD METHOD", "/", "", &[], "", None), Value::Null);
+        assert!(lambda_http::request::from_str(&Value::Null.to_string()).is_err());
     }
 
     #[test]

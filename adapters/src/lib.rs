@@ -8,4 +8,5 @@ pub mod events;
 pub mod flags;
 pub mod http;
 pub mod outbox;
+pub mod secrets;
 pub mod telemetry;

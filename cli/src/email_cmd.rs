@@ -223,14 +223,14 @@ async fn bench(jobs: usize, batch: usize, concurrency: usize, runs: usize) -> Re
                     let reqs: Vec<ClaimRequest> = b
                         .iter()
                         .map(|j| ClaimRequest {
-                            dedupe_key: j.dedupe_key(),
+                            dedupe_key: j.key(),
                             email_type: j.email_type,
                             booking_id: j.booking_id.map(|x| x.as_uuid()),
                             restaurant_id: None,
                         })
                         .collect();
                     let rows = store.claim(&reqs, token, now, now + chrono::Duration::seconds(120)).await?;
-                    let fin: Vec<(String, Finish)> = rows
+                    let fin: Vec<(_, Finish)> = rows
                         .into_iter()
                         .map(|r| (r.dedupe_key, Finish::Sent { provider: "sink".into(), message_id: None }))
                         .collect();

@@ -89,15 +89,47 @@ impl EmailJob {
 
     /// The idempotency key: at most one successful send per key. Guest emails are keyed by
     /// booking and type; the drift notice once per restaurant and policy version.
+    pub fn key(&self) -> DedupeKey {
+        let t = self.email_type.as_str();
+        DedupeKey(match (self.booking_id, self.restaurant_id, self.policy_version) {
+            (Some(b), _, _) => format!("booking:{b}:{t}"),
+            (None, Some(r), Some(v)) => format!("restaurant:{r}:policy:{v}:{t}"),
+            (None, Some(r), None) => format!("restaurant:{r}:{t}"),
+            (None, None, _) => format!("orphan:{t}"),
+        })
+    }
+
+    /// [`Self::key`] as text, for a SQL parameter (`email_outbox.dedupe_key`).
     pub fn dedupe_key(&self) -> String {
-        match (self.booking_id, self.restaurant_id, self.policy_version) {
-            (Some(b), _, _) => format!("booking:{b}:{}", self.email_type.as_str()),
-            (None, Some(r), Some(v)) => {
-                format!("restaurant:{r}:policy:{v}:{}", self.email_type.as_str())
-            }
-            (None, Some(r), None) => format!("restaurant:{r}:{}", self.email_type.as_str()),
-            (None, None, _) => format!("orphan:{}", self.email_type.as_str()),
-        }
+        self.key().into_string()
+    }
+}
+
+/// A job's idempotency key (`email_sends` and `email_outbox` are unique on it). Its own type so
+/// it cannot be swapped with the other strings a send carries (address, provider, code).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DedupeKey(String);
+
+impl DedupeKey {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+/// A key read back from the ledger.
+impl From<String> for DedupeKey {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+impl std::fmt::Display for DedupeKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -253,11 +285,10 @@ impl std::fmt::Debug for Rendered {
     }
 }
 
-/// Escape text for HTML element content and attribute values.
 /// A cheap syntactic check, the one the holds API applies at confirm and the sender before
 /// sending, so a booking is never confirmed with an address the sender would refuse; the
-/// provider has the last word. Refuses what would make a header
-/// or a URL misbehave, and obvious non-addresses.
+/// provider has the last word. Refuses what would make a header or a URL misbehave, and
+/// obvious non-addresses.
 pub fn plausible_address(addr: &str) -> bool {
     let Some((local, domain)) = addr.rsplit_once('@') else { return false };
     !local.is_empty()
@@ -269,6 +300,7 @@ pub fn plausible_address(addr: &str) -> bool {
         && !addr.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | ',' | ';' | '"'))
 }
 
+/// Escape text for HTML element content and attribute values.
 pub fn html_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {

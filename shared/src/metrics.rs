@@ -728,6 +728,37 @@ pub fn cap_at_open_transactions(
     }
 }
 
+/// What one run closes: [`closed_windows`] capped by [`cap_at_open_transactions`] with the
+/// [`MAX_OPEN_TRANSACTION_WAIT_MINUTES`] limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowSelection {
+    /// The windows to close now, oldest first.
+    pub windows: Vec<DateTime<Utc>>,
+    /// Closable windows held back by a transaction that began inside them.
+    pub waiting: usize,
+    /// The oldest open transaction, when it has been open too long to be waited for.
+    pub ignored_open: Option<DateTime<Utc>>,
+}
+
+/// The windows from `next_open` a run at `now` closes (at most `limit`), given the start of the
+/// oldest transaction still open (`oldest_open`) by the database clock `db_now`.
+pub fn select_windows(
+    next_open: DateTime<Utc>,
+    now: DateTime<Utc>,
+    window: Duration,
+    grace: Duration,
+    limit: usize,
+    oldest_open: Option<DateTime<Utc>>,
+    db_now: DateTime<Utc>,
+) -> WindowSelection {
+    let closable = closed_windows(next_open, now, window, grace, limit);
+    let max_wait = Duration::minutes(MAX_OPEN_TRANSACTION_WAIT_MINUTES);
+    let ignored_open = oldest_open.filter(|o| db_now - *o > max_wait);
+    let closable_count = closable.len();
+    let windows = cap_at_open_transactions(closable, window, oldest_open, db_now, max_wait);
+    WindowSelection { waiting: closable_count - windows.len(), windows, ignored_open }
+}
+
 /// Moves rows that arrived after their own window was published into the window being
 /// closed (`window_start`), so a late event is counted once, in the window of its arrival,
 /// instead of being dropped or re-publishing a closed window. Returns how many were moved.

@@ -19,7 +19,6 @@
 //! switch: every restaurant goes back to Shadow at once, with no deploy.
 
 use crate::ids::RestaurantId;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Hash salt: the flag name, so another staged flag would bucket restaurants independently.
@@ -39,23 +38,9 @@ pub fn bucket(restaurant: RestaurantId) -> u8 {
     (u64::from_be_bytes(first) % 100) as u8
 }
 
-/// How conflicts are handled for one restaurant (see module docs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StrictMode {
-    Enforced,
-    Shadow,
-}
-
-impl StrictMode {
-    /// Metric dimension / event field value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Enforced => "enforced",
-            Self::Shadow => "shadow",
-        }
-    }
-}
+/// How conflicts are handled for one restaurant (see module docs). One enum for the rollout,
+/// the hold rows and the events: defined with the event vocabulary, re-exported here.
+pub use crate::events::StrictMode;
 
 /// Enforced iff `strict_conflicts_enabled && bucket(restaurant) < rollout_percent`.
 /// A percentage above 100 behaves as 100.

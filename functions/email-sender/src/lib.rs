@@ -7,8 +7,10 @@
 //! - [`relay::OutboxRelay`]: publishes the transactional outbox to the queue.
 //! - [`provider`]: SES v2, Resend, a local sink, and the flag-selected provider.
 //! - [`sqs`]: event shapes, delete-on-success, queue + DLQ creation, DLQ inspect/redrive.
+//! - [`error::EmailError`]: the crate's one error type (the binaries hand it to the runtime).
 
 pub mod clock;
+pub mod error;
 pub mod handler;
 pub mod provider;
 pub mod relay;
@@ -17,30 +19,17 @@ pub mod store;
 
 use clock::{Clock, SystemClock};
 use deadpool_postgres::Pool;
+use error::EmailError;
 use handler::{EmailSender, Settings};
 use holdfast_adapters::config::Config;
 use holdfast_adapters::flags::FlagLoader;
 use provider::{EmailProvider, FlagSelectedProvider, SesProvider, RESEND_DEFAULT_BASE_URL};
 use relay::OutboxRelay;
-use sqs::BoxError;
 use std::sync::Arc;
 use std::time::Duration;
 use store::SendStore;
 
 const FLAG_TTL: Duration = Duration::from_secs(60);
-
-/// Recipient of the ops policy-drift notice (`EMAIL_OPS_ADDRESS`).
-pub fn ops_address_from_env() -> Option<String> {
-    std::env::var("EMAIL_OPS_ADDRESS").ok().filter(|v| !v.trim().is_empty())
-}
-
-/// Resend's API base URL (`RESEND_API_URL`; tests point it at a local capture server).
-pub fn resend_base_url_from_env() -> String {
-    std::env::var("RESEND_API_URL")
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-        .unwrap_or_else(|| RESEND_DEFAULT_BASE_URL.into())
-}
 
 /// The production provider: SES or Resend per the `email.provider` flag.
 pub fn flag_selected_provider(
@@ -53,14 +42,14 @@ pub fn flag_selected_provider(
         SesProvider::new(aws_sdk_sesv2::Client::new(sdk)),
         aws_sdk_ssm::Client::new(sdk),
         cfg.resend_api_key_param.clone(),
-        resend_base_url_from_env(),
+        cfg.resend_api_url.clone().unwrap_or_else(|| RESEND_DEFAULT_BASE_URL.into()),
     ))
 }
 
 /// Everything the Lambda builds once per container.
-pub async fn build_sender(cfg: &Config) -> Result<EmailSender, BoxError> {
-    let queue_url = cfg.email_queue_url.clone().ok_or("EMAIL_QUEUE_URL is required")?;
-    let from = cfg.ses_from_address.clone().ok_or("SES_FROM_ADDRESS is required")?;
+pub async fn build_sender(cfg: &Config) -> Result<EmailSender, EmailError> {
+    let queue_url = cfg.email_queue_url.clone().ok_or(EmailError::MissingSetting("EMAIL_QUEUE_URL"))?;
+    let from = cfg.ses_from_address.clone().ok_or(EmailError::MissingSetting("SES_FROM_ADDRESS"))?;
     let sdk = holdfast_adapters::aws::sdk_config().await;
     let ssm = aws_sdk_ssm::Client::new(&sdk);
     let pool = holdfast_adapters::db::pool_from_config(cfg, &ssm).await?;
@@ -71,12 +60,12 @@ pub async fn build_sender(cfg: &Config) -> Result<EmailSender, BoxError> {
         provider,
         aws_sdk_sqs::Client::new(&sdk),
         Arc::new(SystemClock),
-        Settings::production(queue_url, from, ops_address_from_env()),
+        Settings::production(queue_url, from, cfg.email_ops_address.clone()),
     ))
 }
 
-pub async fn build_relay(cfg: &Config) -> Result<OutboxRelay, BoxError> {
-    let queue_url = cfg.email_queue_url.clone().ok_or("EMAIL_QUEUE_URL is required")?;
+pub async fn build_relay(cfg: &Config) -> Result<OutboxRelay, EmailError> {
+    let queue_url = cfg.email_queue_url.clone().ok_or(EmailError::MissingSetting("EMAIL_QUEUE_URL"))?;
     let sdk = holdfast_adapters::aws::sdk_config().await;
     let ssm = aws_sdk_ssm::Client::new(&sdk);
     let pool = holdfast_adapters::db::pool_from_config(cfg, &ssm).await?;
@@ -85,29 +74,29 @@ pub async fn build_relay(cfg: &Config) -> Result<OutboxRelay, BoxError> {
 
 /// Create the SES sender identity (the emulator needs one before it sends; in AWS identities
 /// are verified out of band and this is not called).
-pub async fn ensure_ses_identity(sdk: &aws_config::SdkConfig, address: &str) -> Result<(), BoxError> {
+pub async fn ensure_ses_identity(sdk: &aws_config::SdkConfig, address: &str) -> Result<(), EmailError> {
     let ses = aws_sdk_sesv2::Client::new(sdk);
     match ses.create_email_identity().email_identity(address).send().await {
         Ok(_) => Ok(()),
         Err(e) if e.as_service_error().is_some_and(|s| s.is_already_exists_exception()) => Ok(()),
-        Err(e) => Err(Box::new(e)),
+        Err(e) => Err(EmailError::ses("CreateEmailIdentity")(e)),
     }
 }
 
-/// The local runner's email pipeline: creates the queue + DLQ on the emulator (same redrive
-/// policy as infra), then in the background polls the queue and invokes the handler with real
-/// SQS event shapes (deleting what succeeded, as the event source mapping does), and ticks the
 /// The queue names the local run uses (the stack names its queues the same way).
 pub fn local_queue_names(env: &str) -> (String, String) {
     (format!("holdfast-{env}-email"), format!("holdfast-{env}-email-dlq"))
 }
 
+/// The local runner's email pipeline: creates the queue + DLQ on the emulator (same redrive
+/// policy as infra), then in the background polls the queue and invokes the handler with real
+/// SQS event shapes (deleting what succeeded, as the event source mapping does), and ticks the
 /// outbox relay every `relay_every`. Sends through SES on the emulator (or Resend, by flag).
 pub async fn run_local_consumer(
     cfg: &Config,
     pool: Pool,
     relay_every: Duration,
-) -> Result<(sqs::QueuePair, tokio::task::JoinHandle<()>), BoxError> {
+) -> Result<(sqs::QueuePair, tokio::task::JoinHandle<()>), EmailError> {
     let sdk = holdfast_adapters::aws::sdk_config().await;
     let sqs_client = aws_sdk_sqs::Client::new(&sdk);
     let env = cfg.environment.as_str();
@@ -126,7 +115,7 @@ pub async fn run_local_consumer(
         Settings::production(
             pair.queue_url.clone(),
             from,
-            ops_address_from_env().or_else(|| Some("ops@holdfast.local".into())),
+            cfg.email_ops_address.clone().or_else(|| Some("ops@holdfast.local".into())),
         ),
     );
     let relay = OutboxRelay::new(pool, sqs_client.clone(), pair.queue_url.clone(), clock);
@@ -159,6 +148,8 @@ pub async fn run_local_consumer(
     });
     Ok((pair, task))
 }
+
+// Compile-time check: the Lambda runtime and `tokio::spawn` need these futures to be `Send`.
 #[allow(dead_code)]
 fn _assert_send(r: &'static OutboxRelay, s: &'static EmailSender) {
     fn is_send<T: Send>(_: T) {}

@@ -5,6 +5,7 @@
 
 use futures::future::BoxFuture;
 use holdfast_adapters::flags::FlagLoader;
+use holdfast_adapters::secrets::{SecretError, SsmSecret};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -157,21 +158,8 @@ pub fn classify_ses(e: SesSendError) -> SendError {
 
 pub const RESEND_DEFAULT_BASE_URL: &str = "https://api.resend.com";
 
-/// An API key: never printed.
-#[derive(Clone)]
-pub struct ApiKey(String);
-
-impl ApiKey {
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-}
-
-impl std::fmt::Debug for ApiKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ApiKey(<redacted>)")
-    }
-}
+/// An API key: never printed (`expose` is the only way to read it).
+pub use holdfast_adapters::secrets::ApiKey;
 
 #[derive(Debug)]
 pub struct ResendProvider {
@@ -192,12 +180,12 @@ impl ResendProvider {
 
     /// Read the API key from an SSM SecureString (decrypted; never logged).
     pub async fn from_ssm(ssm: &aws_sdk_ssm::Client, param: &str, base_url: &str) -> Result<Self, String> {
-        let out = ssm.get_parameter().name(param).with_decryption(true).send().await.map_err(|e| {
-            format!("reading the Resend API key parameter failed: {}", aws_sdk_ssm::error::DisplayErrorContext(&e))
+        let secret = SsmSecret::new(ssm.clone(), param);
+        let key = secret.get().await.map_err(|e| match e {
+            SecretError::Unreadable(detail) => format!("reading the Resend API key parameter failed: {detail}"),
+            SecretError::Empty => "the Resend API key parameter is empty".to_string(),
         })?;
-        let value = out.parameter.and_then(|p| p.value).filter(|v| !v.trim().is_empty());
-        let key = value.ok_or_else(|| "the Resend API key parameter is empty".to_string())?;
-        Self::new(base_url, ApiKey::new(key.trim()))
+        Self::new(base_url, key.clone())
     }
 
     async fn send_inner(&self, e: &OutgoingEmail) -> Result<Receipt, SendError> {
@@ -216,7 +204,7 @@ impl ResendProvider {
         let resp = self
             .http
             .post(format!("{}/emails", self.base_url))
-            .bearer_auth(&self.key.0)
+            .bearer_auth(self.key.expose())
             .header("Idempotency-Key", &e.idempotency_key)
             .json(&Body { from: &e.from, to: [&e.to], subject: &e.subject, html: &e.html, text: &e.text })
             .send()

@@ -5,21 +5,38 @@
 //! ten times is marked dead (`dead_at`) and alarmed on.
 
 use crate::clock::Clock;
+use crate::error::EmailError;
 use chrono::{DateTime, Utc};
-use deadpool_postgres::Pool;
-use holdfast_adapters::db::DbFault;
+use deadpool_postgres::{Pool, Transaction};
 use holdfast_shared::email::{self, EmailJob, MAX_SQS_DELAY_SECONDS};
 use holdfast_shared::events::{Code, EventContext, EventType, ObservabilityEvent, Operation, Outcome, Source};
 use holdfast_shared::ids::{BookingId, RestaurantId};
+use std::collections::HashSet;
 use std::sync::Arc;
 use uuid::Uuid;
 
-/// Rows dead after this many refusals by SQS (LESSONS: outbox rows dead after 10 attempts).
+/// Rows dead after this many refusals by SQS (docs/runbooks/email.md: dead rows, and reviving
+/// them once the cause is fixed).
 pub const OUTBOX_MAX_ATTEMPTS: i32 = 10;
 /// Rows per page (one transaction, `FOR UPDATE SKIP LOCKED`, SQS batches of ten).
 const PAGE: i64 = 100;
 /// Pages per tick, so one run stays well inside the 50 s timeout.
 const MAX_PAGES: usize = 20;
+
+const DUE_SQL: &str = "
+SELECT id, payload, not_before, email_type, booking_id, restaurant_id FROM email_outbox
+WHERE published_at IS NULL AND dead_at IS NULL AND not_before <= $1
+ORDER BY not_before, created_at LIMIT $2
+FOR UPDATE SKIP LOCKED";
+
+/// Count a refusal per row; a row dies at the attempt limit, or at once if its payload is not
+/// a job.
+const REFUSED_SQL: &str = "
+UPDATE email_outbox o SET attempts = o.attempts + 1, last_error = f.code,
+    dead_at = CASE WHEN o.attempts + 1 >= $3 OR f.code = 'invalid_payload' THEN $4 END
+FROM unnest($1::uuid[], $2::text[]) AS f(id, code)
+WHERE o.id = f.id
+RETURNING o.id, o.dead_at IS NOT NULL, o.attempts";
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RelayReport {
@@ -40,6 +57,7 @@ pub struct OutboxRelay {
 
 struct Row {
     id: Uuid,
+    /// The message body; `None` when the payload is not a job.
     body: Option<String>,
     delay: u32,
     email_type: String,
@@ -52,13 +70,22 @@ enum Published {
     Refused(String),
 }
 
+/// A page's rows by what publishing did to them.
+#[derive(Default)]
+struct Attempts {
+    published: Vec<Uuid>,
+    refused: Vec<(Uuid, String)>,
+    /// Not tried: SQS became unreachable first.
+    waiting: Vec<Uuid>,
+}
+
 impl OutboxRelay {
     pub fn new(pool: Pool, sqs: aws_sdk_sqs::Client, queue_url: String, clock: Arc<dyn Clock>) -> Self {
         Self { pool, sqs, queue_url, clock }
     }
 
     /// One tick: publish everything due (or due within SQS's 15-minute delay window).
-    pub async fn tick(&self) -> Result<RelayReport, DbFault> {
+    pub async fn tick(&self) -> Result<RelayReport, EmailError> {
         let mut report = RelayReport::default();
         for _ in 0..MAX_PAGES {
             let n = self.page(&mut report).await?;
@@ -78,46 +105,45 @@ impl OutboxRelay {
         Ok(report)
     }
 
-    async fn page(&self, report: &mut RelayReport) -> Result<usize, DbFault> {
+    /// One page in one transaction: lock the due rows, publish them, record what happened.
+    async fn page(&self, report: &mut RelayReport) -> Result<usize, EmailError> {
         let now = self.clock.now();
-        let horizon = now + chrono::Duration::seconds(i64::from(MAX_SQS_DELAY_SECONDS));
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let rows = tx
-            .query(
-                "SELECT id, payload, not_before, email_type, booking_id, restaurant_id FROM email_outbox
-                 WHERE published_at IS NULL AND dead_at IS NULL AND not_before <= $1
-                 ORDER BY not_before, created_at LIMIT $2
-                 FOR UPDATE SKIP LOCKED",
-                &[&horizon, &PAGE],
-            )
-            .await?;
-        let n = rows.len();
-        if n == 0 {
+        let rows = due_rows(&tx, now).await?;
+        if rows.is_empty() {
             return Ok(0);
         }
-        let rows: Vec<Row> = rows
-            .iter()
-            .map(|r| {
-                let payload: serde_json::Value = r.get(1);
-                let not_before: DateTime<Utc> = r.get(2);
-                let body = serde_json::from_value::<EmailJob>(payload).ok().and_then(|mut job| {
-                    if not_before > now {
-                        job.not_before = Some(not_before);
-                    }
-                    serde_json::to_string(&job).ok()
-                });
-                Row {
-                    id: r.get(0),
-                    body,
-                    delay: email::publish_delay_seconds(not_before, now),
-                    email_type: r.get(3),
-                    booking_id: r.get(4),
-                    restaurant_id: r.get(5),
-                }
-            })
-            .collect();
+        let attempts = self.attempt(&rows, report).await;
+        if !attempts.published.is_empty() {
+            tx.execute(
+                "UPDATE email_outbox SET published_at = $2, last_error = NULL WHERE id = ANY($1)",
+                &[&attempts.published, &now],
+            )
+            .await?;
+        }
+        let mut events = record_refusals(&tx, &rows, &attempts.refused, now, report).await?;
+        if !attempts.waiting.is_empty() && report.sqs_unavailable {
+            tx.execute(
+                "UPDATE email_outbox SET last_error = 'sqs_unavailable' WHERE id = ANY($1)",
+                &[&attempts.waiting],
+            )
+            .await?;
+            if let Some(first) = rows.iter().find(|r| r.id == attempts.waiting[0]) {
+                // One event per tick (not per row): the outage, not the rows, is the news.
+                events.push(relay_event(EventType::EmailRetried, first, 1, "sqs_unavailable"));
+            }
+        }
+        holdfast_adapters::events::record_batch(&tx, &events).await?;
+        tx.commit().await?;
+        report.published += attempts.published.len();
+        report.refused += attempts.refused.len();
+        Ok(rows.len())
+    }
 
+    /// Publish the page's valid rows ten at a time, stopping at the first chunk SQS could not
+    /// take (`report.sqs_unavailable`); rows whose payload is not a job are refused unsent.
+    async fn attempt(&self, rows: &[Row], report: &mut RelayReport) -> Attempts {
         let mut results: Vec<(usize, Published)> = Vec::new();
         for (i, row) in rows.iter().enumerate() {
             if row.body.is_none() {
@@ -125,9 +151,8 @@ impl OutboxRelay {
             }
         }
         let sendable: Vec<usize> = (0..rows.len()).filter(|i| rows[*i].body.is_some()).collect();
-        let chunks: Vec<Vec<usize>> = sendable.chunks(10).map(<[usize]>::to_vec).collect();
-        for chunk in chunks {
-            match self.publish(&rows, chunk).await {
+        for chunk in sendable.chunks(10) {
+            match self.publish(rows, chunk.to_vec()).await {
                 Ok(mut r) => results.append(&mut r),
                 Err(code) => {
                     tracing::warn!(code = %code, "SQS unavailable; outbox rows wait for the next tick");
@@ -136,71 +161,17 @@ impl OutboxRelay {
                 }
             }
         }
-
-        let published: Vec<Uuid> =
-            results.iter().filter(|(_, p)| matches!(p, Published::Ok)).map(|(i, _)| rows[*i].id).collect();
-        let refused: Vec<(Uuid, String)> = results
-            .iter()
-            .filter_map(|(i, p)| match p {
-                Published::Refused(c) => Some((rows[*i].id, c.clone())),
-                Published::Ok => None,
-            })
-            .collect();
-        let attempted: std::collections::HashSet<Uuid> =
-            published.iter().copied().chain(refused.iter().map(|(id, _)| *id)).collect();
-        let waiting: Vec<Uuid> = rows.iter().map(|r| r.id).filter(|id| !attempted.contains(id)).collect();
-
-        if !published.is_empty() {
-            tx.execute(
-                "UPDATE email_outbox SET published_at = $2, last_error = NULL WHERE id = ANY($1)",
-                &[&published, &now],
-            )
-            .await?;
-        }
-        let mut events = Vec::new();
-        if !refused.is_empty() {
-            let ids: Vec<Uuid> = refused.iter().map(|(id, _)| *id).collect();
-            let codes: Vec<String> = refused.iter().map(|(_, c)| c.clone()).collect();
-            let dead_rows = tx
-                .query(
-                    "UPDATE email_outbox o SET attempts = o.attempts + 1, last_error = f.code,
-                         dead_at = CASE WHEN o.attempts + 1 >= $3 OR f.code = 'invalid_payload' THEN $4 END
-                     FROM unnest($1::uuid[], $2::text[]) AS f(id, code)
-                     WHERE o.id = f.id
-                     RETURNING o.id, o.dead_at IS NOT NULL, o.attempts",
-                    &[&ids, &codes, &OUTBOX_MAX_ATTEMPTS, &now],
-                )
-                .await?;
-            for r in dead_rows {
-                let id: Uuid = r.get(0);
-                let dead: bool = r.get(1);
-                let attempts: i32 = r.get(2);
-                let Some(row) = rows.iter().find(|x| x.id == id) else { continue };
-                let code = refused.iter().find(|(x, _)| *x == id).map(|(_, c)| c.as_str()).unwrap_or("sqs_refused");
-                events.push(relay_event(
-                    if dead { EventType::EmailDeadLettered } else { EventType::EmailRetried },
-                    row,
-                    attempts,
-                    code,
-                ));
-                if dead {
-                    report.dead += 1;
-                }
+        let mut attempts = Attempts::default();
+        for (i, p) in results {
+            match p {
+                Published::Ok => attempts.published.push(rows[i].id),
+                Published::Refused(code) => attempts.refused.push((rows[i].id, code)),
             }
         }
-        if !waiting.is_empty() && report.sqs_unavailable {
-            tx.execute("UPDATE email_outbox SET last_error = 'sqs_unavailable' WHERE id = ANY($1)", &[&waiting])
-                .await?;
-            if let Some(first) = rows.iter().find(|r| r.id == waiting[0]) {
-                // One event per tick (not per row): the outage, not the rows, is the news.
-                events.push(relay_event(EventType::EmailRetried, first, 1, "sqs_unavailable"));
-            }
-        }
-        holdfast_adapters::events::record_batch(&tx, &events).await?;
-        tx.commit().await?;
-        report.published += published.len();
-        report.refused += refused.len();
-        Ok(n)
+        let tried: HashSet<Uuid> =
+            attempts.published.iter().copied().chain(attempts.refused.iter().map(|(id, _)| *id)).collect();
+        attempts.waiting = rows.iter().map(|r| r.id).filter(|id| !tried.contains(id)).collect();
+        attempts
     }
 
     /// Publish one chunk (≤ 10) with `SendMessageBatch`. `Err(code)` when SQS could not be
@@ -241,6 +212,63 @@ impl OutboxRelay {
         }
         Ok(res)
     }
+}
+
+/// Lock and load a page of due rows (or due within SQS's delay window). A row due later than
+/// now carries its `not_before` in the job, so the sender defers the rest.
+async fn due_rows(tx: &Transaction<'_>, now: DateTime<Utc>) -> Result<Vec<Row>, EmailError> {
+    let horizon = now + chrono::Duration::seconds(i64::from(MAX_SQS_DELAY_SECONDS));
+    let rows = tx.query(DUE_SQL, &[&horizon, &PAGE]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let payload: serde_json::Value = r.get(1);
+            let not_before: DateTime<Utc> = r.get(2);
+            let body = serde_json::from_value::<EmailJob>(payload).ok().and_then(|mut job| {
+                if not_before > now {
+                    job.not_before = Some(not_before);
+                }
+                serde_json::to_string(&job).ok()
+            });
+            Row {
+                id: r.get(0),
+                body,
+                delay: email::publish_delay_seconds(not_before, now),
+                email_type: r.get(3),
+                booking_id: r.get(4),
+                restaurant_id: r.get(5),
+            }
+        })
+        .collect())
+}
+
+/// Count the refusals (dead rows in `report`); returns an event per refused row.
+async fn record_refusals(
+    tx: &Transaction<'_>,
+    rows: &[Row],
+    refused: &[(Uuid, String)],
+    now: DateTime<Utc>,
+    report: &mut RelayReport,
+) -> Result<Vec<ObservabilityEvent>, EmailError> {
+    let mut events = Vec::new();
+    if refused.is_empty() {
+        return Ok(events);
+    }
+    let ids: Vec<Uuid> = refused.iter().map(|(id, _)| *id).collect();
+    let codes: Vec<&str> = refused.iter().map(|(_, c)| c.as_str()).collect();
+    for r in tx.query(REFUSED_SQL, &[&ids, &codes, &OUTBOX_MAX_ATTEMPTS, &now]).await? {
+        let id: Uuid = r.get(0);
+        let dead: bool = r.get(1);
+        let attempts: i32 = r.get(2);
+        let Some(row) = rows.iter().find(|x| x.id == id) else { continue };
+        let code = refused.iter().find(|(x, _)| *x == id).map(|(_, c)| c.as_str()).unwrap_or("sqs_refused");
+        let et = if dead { EventType::EmailDeadLettered } else { EventType::EmailRetried };
+        events.push(relay_event(et, row, attempts, code));
+        if dead {
+            report.dead += 1;
+        }
+    }
+    Ok(events)
 }
 
 fn relay_event(et: EventType, row: &Row, attempts: i32, code: &str) -> ObservabilityEvent {

@@ -3,12 +3,11 @@
 //! delete-on-success behaviour, queue + DLQ creation with the production redrive policy, and
 //! DLQ inspect/redrive.
 
+use crate::error::EmailError;
 use crate::handler::EmailSender;
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName, QueueAttributeName};
 use std::collections::{HashMap, HashSet};
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The redrive policy of infra/template.yaml: DLQ after 5 receives.
 pub const MAX_RECEIVE_COUNT: u32 = holdfast_shared::email::MAX_RECEIVES;
@@ -22,9 +21,18 @@ pub struct QueuePair {
     pub dlq_arn: String,
 }
 
-pub async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<String, BoxError> {
-    let out = sqs.get_queue_attributes().queue_url(url).attribute_names(QueueAttributeName::QueueArn).send().await?;
-    out.attributes.and_then(|mut a| a.remove(&QueueAttributeName::QueueArn)).ok_or_else(|| "queue has no ARN".into())
+pub async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<String, EmailError> {
+    const OP: &str = "GetQueueAttributes";
+    let out = sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .map_err(EmailError::sqs(OP))?;
+    out.attributes
+        .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
+        .ok_or(EmailError::SqsIncomplete { op: OP, field: "queue ARN" })
 }
 
 /// Create (idempotently) `name` and `name`-dlq with the production redrive policy
@@ -34,15 +42,17 @@ pub async fn create_queue_pair(
     name: &str,
     dlq_name: &str,
     visibility_timeout_seconds: u32,
-) -> Result<QueuePair, BoxError> {
+) -> Result<QueuePair, EmailError> {
+    const OP: &str = "CreateQueue";
     let dlq_url = sqs
         .create_queue()
         .queue_name(dlq_name)
         .attributes(QueueAttributeName::MessageRetentionPeriod, "1209600")
         .send()
-        .await?
+        .await
+        .map_err(EmailError::sqs(OP))?
         .queue_url
-        .ok_or("no DLQ url")?;
+        .ok_or(EmailError::SqsIncomplete { op: OP, field: "DLQ url" })?;
     let dlq_arn = queue_arn(sqs, &dlq_url).await?;
     let redrive =
         serde_json::json!({ "deadLetterTargetArn": dlq_arn, "maxReceiveCount": MAX_RECEIVE_COUNT }).to_string();
@@ -53,9 +63,10 @@ pub async fn create_queue_pair(
         .attributes(QueueAttributeName::MessageRetentionPeriod, "345600")
         .attributes(QueueAttributeName::RedrivePolicy, redrive)
         .send()
-        .await?
+        .await
+        .map_err(EmailError::sqs(OP))?
         .queue_url
-        .ok_or("no queue url")?;
+        .ok_or(EmailError::SqsIncomplete { op: OP, field: "queue url" })?;
     let queue_arn = queue_arn(sqs, &queue_url).await?;
     Ok(QueuePair { queue_url, queue_arn, dlq_url, dlq_arn })
 }
@@ -92,7 +103,7 @@ pub async fn receive(
     queue_url: &str,
     wait_seconds: i32,
     visibility_timeout: Option<i32>,
-) -> Result<Vec<Message>, BoxError> {
+) -> Result<Vec<Message>, EmailError> {
     let out = sqs
         .receive_message()
         .queue_url(queue_url)
@@ -101,7 +112,8 @@ pub async fn receive(
         .set_visibility_timeout(visibility_timeout)
         .message_system_attribute_names(MessageSystemAttributeName::All)
         .send()
-        .await?;
+        .await
+        .map_err(EmailError::sqs("ReceiveMessage"))?;
     Ok(out.messages.unwrap_or_default())
 }
 
@@ -123,7 +135,7 @@ pub async fn deliver(
     queue_arn: &str,
     region: &str,
     messages: &[Message],
-) -> Result<Delivery, BoxError> {
+) -> Result<Delivery, EmailError> {
     if messages.is_empty() {
         return Ok(Delivery::default());
     }
@@ -142,7 +154,13 @@ pub async fn deliver(
                 Entry::builder().id(format!("d{i}")).receipt_handle(m.receipt_handle.clone()?).build().ok()
             })
             .collect();
-        let out = sqs.delete_message_batch().queue_url(queue_url).set_entries(Some(entries)).send().await?;
+        let out = sqs
+            .delete_message_batch()
+            .queue_url(queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(EmailError::sqs("DeleteMessageBatch"))?;
         deleted += out.successful.len();
     }
     Ok(Delivery { received: messages.len(), failed, deleted })
@@ -156,7 +174,7 @@ pub async fn poll_once(
     pair_arn: &str,
     region: &str,
     wait_seconds: i32,
-) -> Result<Delivery, BoxError> {
+) -> Result<Delivery, EmailError> {
     let msgs = receive(sqs, pair_url, wait_seconds, None).await?;
     deliver(sqs, sender, pair_url, pair_arn, region, &msgs).await
 }
@@ -175,13 +193,14 @@ pub async fn inspect_dlq(
     sqs: &aws_sdk_sqs::Client,
     dlq_url: &str,
     max: usize,
-) -> Result<(u64, Vec<DlqEntry>), BoxError> {
+) -> Result<(u64, Vec<DlqEntry>), EmailError> {
     let attrs = sqs
         .get_queue_attributes()
         .queue_url(dlq_url)
         .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
         .send()
-        .await?;
+        .await
+        .map_err(EmailError::sqs("GetQueueAttributes"))?;
     let depth = attrs
         .attributes
         .and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessages).and_then(|v| v.parse().ok()))
@@ -224,14 +243,15 @@ pub async fn redrive_move_task(
     dlq_arn: &str,
     queue_arn: &str,
     max_per_second: Option<i32>,
-) -> Result<String, BoxError> {
+) -> Result<String, EmailError> {
     let out = sqs
         .start_message_move_task()
         .source_arn(dlq_arn)
         .destination_arn(queue_arn)
         .set_max_number_of_messages_per_second(max_per_second)
         .send()
-        .await?;
+        .await
+        .map_err(EmailError::sqs("StartMessageMoveTask"))?;
     Ok(out.task_handle.unwrap_or_default())
 }
 
@@ -242,7 +262,7 @@ pub async fn redrive_resend(
     dlq_url: &str,
     queue_url: &str,
     max: usize,
-) -> Result<usize, BoxError> {
+) -> Result<usize, EmailError> {
     let mut moved = 0;
     while moved < max {
         let msgs = receive(sqs, dlq_url, 0, Some(60)).await?;
@@ -250,9 +270,19 @@ pub async fn redrive_resend(
             break;
         }
         for m in msgs.into_iter().take(max - moved) {
-            sqs.send_message().queue_url(queue_url).message_body(m.body.clone().unwrap_or_default()).send().await?;
+            sqs.send_message()
+                .queue_url(queue_url)
+                .message_body(m.body.clone().unwrap_or_default())
+                .send()
+                .await
+                .map_err(EmailError::sqs("SendMessage"))?;
             if let Some(h) = m.receipt_handle {
-                sqs.delete_message().queue_url(dlq_url).receipt_handle(h).send().await?;
+                sqs.delete_message()
+                    .queue_url(dlq_url)
+                    .receipt_handle(h)
+                    .send()
+                    .await
+                    .map_err(EmailError::sqs("DeleteMessage"))?;
             }
             moved += 1;
         }
@@ -261,8 +291,14 @@ pub async fn redrive_resend(
 }
 
 /// Approximate visible + in-flight + delayed messages.
-pub async fn queue_depth(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<(u64, u64, u64), BoxError> {
-    let out = sqs.get_queue_attributes().queue_url(url).attribute_names(QueueAttributeName::All).send().await?;
+pub async fn queue_depth(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<(u64, u64, u64), EmailError> {
+    let out = sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::All)
+        .send()
+        .await
+        .map_err(EmailError::sqs("GetQueueAttributes"))?;
     let a = out.attributes.unwrap_or_default();
     let get = |k: QueueAttributeName| a.get(&k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     Ok((

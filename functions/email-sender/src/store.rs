@@ -2,10 +2,10 @@
 //! data templates need. Every statement goes through here and is counted, so the benchmark can
 //! report database round trips per job.
 
+use crate::error::EmailError;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
-use holdfast_adapters::db::DbFault;
-use holdfast_shared::email::EmailType;
+use holdfast_shared::email::{DedupeKey, EmailJob, EmailType};
 use holdfast_shared::events::ObservabilityEvent;
 use std::sync::atomic::{AtomicU64, Ordering};
 use uuid::Uuid;
@@ -13,10 +13,21 @@ use uuid::Uuid;
 /// One key to claim.
 #[derive(Debug, Clone)]
 pub struct ClaimRequest {
-    pub dedupe_key: String,
+    pub dedupe_key: DedupeKey,
     pub email_type: EmailType,
     pub booking_id: Option<Uuid>,
     pub restaurant_id: Option<Uuid>,
+}
+
+impl ClaimRequest {
+    pub fn for_job(job: &EmailJob) -> Self {
+        Self {
+            dedupe_key: job.key(),
+            email_type: job.email_type,
+            booking_id: job.booking_id.map(|b| b.as_uuid()),
+            restaurant_id: job.restaurant_id.map(|r| r.as_uuid()),
+        }
+    }
 }
 
 /// Where a key stands after the claim.
@@ -47,7 +58,7 @@ pub struct BookingRow {
 
 #[derive(Clone)]
 pub struct ClaimRow {
-    pub dedupe_key: String,
+    pub dedupe_key: DedupeKey,
     pub state: ClaimState,
     pub booking: Option<BookingRow>,
     pub restaurant_name: Option<String>,
@@ -73,6 +84,73 @@ pub enum Finish {
     Hold {
         code: String,
     },
+}
+
+/// `email_sends.state` (the table's CHECK lists the same three).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LedgerState {
+    InProgress,
+    Sent,
+    FailedPermanent,
+}
+
+impl LedgerState {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::InProgress => "in_progress",
+            Self::Sent => "sent",
+            Self::FailedPermanent => "failed_permanent",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        [Self::InProgress, Self::Sent, Self::FailedPermanent].into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+/// The ledger writes of one batch's outcomes, as `FINISH_SQL`'s array parameters. [`Self::push`]
+/// is the one place a [`Finish`] becomes column values; the SQL only applies them.
+#[derive(Default)]
+struct FinishColumns<'a> {
+    /// Skipped keys: their claim rows are deleted (a skip leaves nothing behind).
+    dropped: Vec<&'a str>,
+    keys: Vec<&'a str>,
+    states: Vec<&'static str>,
+    providers: Vec<Option<&'a str>>,
+    message_ids: Vec<Option<&'a str>>,
+    codes: Vec<Option<&'a str>>,
+    claimed_until: Vec<Option<DateTime<Utc>>>,
+    /// Leave `claimed_until` as it is (overrides `claimed_until`).
+    keep_lease: Vec<bool>,
+    sent_at: Vec<Option<DateTime<Utc>>>,
+}
+
+impl<'a> FinishColumns<'a> {
+    fn push(&mut self, key: &'a DedupeKey, finish: &'a Finish, now: DateTime<Utc>) {
+        use LedgerState::{FailedPermanent, InProgress, Sent};
+        let (state, provider, message_id, code, claimed_until, keep_lease) = match finish {
+            Finish::Skipped => {
+                self.dropped.push(key.as_str());
+                return;
+            }
+            Finish::Sent { provider, message_id } => (Sent, Some(provider), message_id.as_ref(), None, None, false),
+            Finish::Permanent { code } => (FailedPermanent, None, None, Some(code), None, false),
+            Finish::Released { code } => (InProgress, None, None, Some(code), Some(now), false),
+            Finish::Hold { code } => (InProgress, None, None, Some(code), None, true),
+        };
+        self.keys.push(key.as_str());
+        self.states.push(state.as_str());
+        self.providers.push(provider.map(String::as_str));
+        self.message_ids.push(message_id.map(String::as_str));
+        self.codes.push(code.map(String::as_str));
+        self.claimed_until.push(claimed_until);
+        self.keep_lease.push(keep_lease);
+        self.sent_at.push((state == Sent).then_some(now));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.dropped.is_empty() && self.keys.is_empty()
+    }
 }
 
 pub struct SendStore {
@@ -110,25 +188,27 @@ LEFT JOIN restaurants r ON r.id = coalesce(b.restaurant_id, i.restaurant_id)
 ORDER BY i.ord";
 
 /// Apply a batch's outcomes in one statement; only rows this invocation still owns change.
+/// The values come from [`FinishColumns`].
 const FINISH_SQL: &str = "
-WITH f AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
-        AS t(dedupe_key, outcome, provider, message_id, code)
-), dropped AS (
-    DELETE FROM email_sends s USING f
-    WHERE s.dedupe_key = f.dedupe_key AND s.claim_token = $6 AND s.state = 'in_progress' AND f.outcome = 'skipped'
+WITH dropped AS (
+    DELETE FROM email_sends s
+    WHERE s.dedupe_key = ANY($1::text[]) AND s.claim_token = $2 AND s.state = 'in_progress'
     RETURNING s.dedupe_key
+), f AS (
+    SELECT * FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::timestamptz[],
+                         $9::bool[], $10::timestamptz[])
+        AS t(dedupe_key, state, provider, message_id, code, claimed_until, keep_lease, sent_at)
 ), updated AS (
     UPDATE email_sends s SET
-        state = CASE f.outcome WHEN 'sent' THEN 'sent' WHEN 'permanent' THEN 'failed_permanent' ELSE 'in_progress' END,
-        claimed_until = CASE f.outcome WHEN 'released' THEN $7 WHEN 'hold' THEN s.claimed_until ELSE NULL END,
+        state = f.state,
+        claimed_until = CASE WHEN f.keep_lease THEN s.claimed_until ELSE f.claimed_until END,
         provider = coalesce(f.provider, s.provider),
         provider_message_id = coalesce(f.message_id, s.provider_message_id),
         last_error = f.code,
-        sent_at = CASE WHEN f.outcome = 'sent' THEN $7 ELSE s.sent_at END,
-        updated_at = $7
+        sent_at = coalesce(f.sent_at, s.sent_at),
+        updated_at = $11
     FROM f
-    WHERE s.dedupe_key = f.dedupe_key AND s.claim_token = $6 AND s.state = 'in_progress' AND f.outcome <> 'skipped'
+    WHERE s.dedupe_key = f.dedupe_key AND s.claim_token = $2 AND s.state = 'in_progress'
     RETURNING s.dedupe_key
 )
 SELECT (SELECT count(*) FROM dropped) + (SELECT count(*) FROM updated)";
@@ -157,7 +237,7 @@ impl SendStore {
         token: Uuid,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
-    ) -> Result<Vec<ClaimRow>, DbFault> {
+    ) -> Result<Vec<ClaimRow>, EmailError> {
         if reqs.is_empty() {
             return Ok(vec![]);
         }
@@ -169,66 +249,46 @@ impl SendStore {
         self.count();
         let rows =
             client.query(CLAIM_SQL, &[&keys, &types, &bookings, &restaurants, &token, &lease_until, &now]).await?;
-        Ok(rows
-            .iter()
-            .map(|row| {
-                let attempts: Option<i32> = row.get(1);
-                let existing: Option<String> = row.get(2);
-                let state = match (attempts, existing.as_deref()) {
-                    (Some(a), _) => ClaimState::Claimed { attempts: a },
-                    (None, Some("sent")) => ClaimState::AlreadySent,
-                    (None, Some("failed_permanent")) => ClaimState::FailedPermanent,
-                    (None, _) => ClaimState::Busy { until: row.get(3) },
-                };
-                let booking = row.get::<_, Option<Uuid>>(4).map(|restaurant_id| BookingRow {
-                    restaurant_id,
-                    status: row.get(5),
-                    party_size: row.get(6),
-                    starts_at: row.get(7),
-                    guest_name: row.get(8),
-                    guest_email: row.get(9),
-                });
-                ClaimRow { dedupe_key: row.get(0), state, booking, restaurant_name: row.get(10) }
-            })
-            .collect())
+        Ok(rows.iter().map(claim_row).collect())
     }
 
     /// Apply outcomes and record the batch's events: two statements, pipelined on one
     /// connection. Returns how many ledger rows changed.
     pub async fn finish(
         &self,
-        items: &[(String, Finish)],
+        items: &[(DedupeKey, Finish)],
         token: Uuid,
         now: DateTime<Utc>,
         events: &[ObservabilityEvent],
-    ) -> Result<u64, DbFault> {
-        let mut keys = Vec::new();
-        let mut outcomes = Vec::new();
-        let mut providers: Vec<Option<String>> = Vec::new();
-        let mut message_ids: Vec<Option<String>> = Vec::new();
-        let mut codes: Vec<Option<String>> = Vec::new();
-        for (key, f) in items {
-            keys.push(key.as_str());
-            let (outcome, provider, mid, code) = match f {
-                Finish::Sent { provider, message_id } => ("sent", Some(provider.clone()), message_id.clone(), None),
-                Finish::Permanent { code } => ("permanent", None, None, Some(code.clone())),
-                Finish::Released { code } => ("released", None, None, Some(code.clone())),
-                Finish::Skipped => ("skipped", None, None, None),
-                Finish::Hold { code } => ("hold", None, None, Some(code.clone())),
-            };
-            outcomes.push(outcome);
-            providers.push(provider);
-            message_ids.push(mid);
-            codes.push(code);
+    ) -> Result<u64, EmailError> {
+        let mut cols = FinishColumns::default();
+        for (key, finish) in items {
+            cols.push(key, finish, now);
         }
         let client = self.pool.get().await?;
         let ledger = async {
-            if keys.is_empty() {
-                return Ok::<u64, DbFault>(0);
+            if cols.is_empty() {
+                return Ok::<u64, EmailError>(0);
             }
             self.count();
+            let c = &cols;
             let row = client
-                .query_one(FINISH_SQL, &[&keys, &outcomes, &providers, &message_ids, &codes, &token, &now])
+                .query_one(
+                    FINISH_SQL,
+                    &[
+                        &c.dropped,
+                        &token,
+                        &c.keys,
+                        &c.states,
+                        &c.providers,
+                        &c.message_ids,
+                        &c.codes,
+                        &c.claimed_until,
+                        &c.keep_lease,
+                        &c.sent_at,
+                        &now,
+                    ],
+                )
                 .await?;
             Ok(row.get::<_, i64>(0).max(0) as u64)
         };
@@ -261,5 +321,58 @@ impl SendStore {
         if let Err(e) = result {
             tracing::warn!(error = %e, "email events not recorded");
         }
+    }
+}
+
+/// One row of `CLAIM_SQL`: claimed by us if the `claimed` CTE returned attempts, else the state
+/// the row had before the statement.
+fn claim_row(row: &tokio_postgres::Row) -> ClaimRow {
+    let attempts: Option<i32> = row.get(1);
+    let existing: Option<String> = row.get(2);
+    let state = match (attempts, existing.as_deref().and_then(LedgerState::parse)) {
+        (Some(a), _) => ClaimState::Claimed { attempts: a },
+        (None, Some(LedgerState::Sent)) => ClaimState::AlreadySent,
+        (None, Some(LedgerState::FailedPermanent)) => ClaimState::FailedPermanent,
+        (None, _) => ClaimState::Busy { until: row.get(3) },
+    };
+    let booking = row.get::<_, Option<Uuid>>(4).map(|restaurant_id| BookingRow {
+        restaurant_id,
+        status: row.get(5),
+        party_size: row.get(6),
+        starts_at: row.get(7),
+        guest_name: row.get(8),
+        guest_email: row.get(9),
+    });
+    ClaimRow { dedupe_key: DedupeKey::from(row.get::<_, String>(0)), state, booking, restaurant_name: row.get(10) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finishes_become_ledger_columns() {
+        let now = Utc::now();
+        let keys: Vec<DedupeKey> = (0..5).map(|i| DedupeKey::from(format!("k{i}"))).collect();
+        let finishes = [
+            Finish::Sent { provider: "ses".into(), message_id: Some("m".into()) },
+            Finish::Permanent { code: "unknown_booking".into() },
+            Finish::Released { code: "ses_throttled".into() },
+            Finish::Skipped,
+            Finish::Hold { code: "panic".into() },
+        ];
+        let mut c = FinishColumns::default();
+        for (k, f) in keys.iter().zip(&finishes) {
+            c.push(k, f, now);
+        }
+        assert_eq!(c.dropped, vec!["k3"]);
+        assert_eq!(c.keys, vec!["k0", "k1", "k2", "k4"]);
+        assert_eq!(c.states, vec!["sent", "failed_permanent", "in_progress", "in_progress"]);
+        assert_eq!(c.claimed_until, vec![None, None, Some(now), None]);
+        assert_eq!(c.keep_lease, vec![false, false, false, true]);
+        assert_eq!(c.sent_at, vec![Some(now), None, None, None]);
+        assert_eq!(c.providers, vec![Some("ses"), None, None, None]);
+        assert_eq!(c.codes, vec![None, Some("unknown_booking"), Some("ses_throttled"), Some("panic")]);
+        assert!(FinishColumns::default().is_empty());
     }
 }

@@ -1,8 +1,9 @@
 //! Request bodies as they arrive (deny unknown fields) and their parsed domain forms.
 //! Handlers never see raw strings for ids, times or money: `parse` turns DTOs into domain types.
+//! A value the domain refuses is a `HoldsError::Invalid` naming the field.
 
+use crate::error::HoldsError;
 use chrono::{DateTime, Utc};
-use holdfast_adapters::http::Problem;
 use holdfast_shared::allocator::PartySize;
 use holdfast_shared::ids::{RestaurantId, TableId};
 use serde::Deserialize;
@@ -70,25 +71,25 @@ impl std::fmt::Debug for GuestBody {
 }
 
 impl GuestBody {
-    pub fn parse(self) -> Result<Guest, Problem> {
+    pub fn parse(self) -> Result<Guest, HoldsError> {
         let name = self.name.trim().to_string();
         if name.is_empty() || name.chars().count() > 200 {
-            return Err(Problem::validation("guest.name", "must be 1 to 200 characters"));
+            return Err(HoldsError::invalid("guest.name", "must be 1 to 200 characters"));
         }
         let email = self.email.trim().to_string();
         if !holdfast_shared::email::plausible_address(&email) {
-            return Err(Problem::validation("guest.email", "must be an email address"));
+            return Err(HoldsError::invalid("guest.email", "must be an email address"));
         }
         let phone = match self.phone.map(|p| p.trim().to_string()).filter(|p| !p.is_empty()) {
             None => None,
             Some(p) if p.len() <= 32 && p.chars().all(|c| c.is_ascii_digit() || " +-()".contains(c)) => Some(p),
             Some(_) => {
-                return Err(Problem::validation("guest.phone", "must be digits, spaces and + - ( ) (at most 32)"))
+                return Err(HoldsError::invalid("guest.phone", "must be digits, spaces and + - ( ) (at most 32)"))
             }
         };
         let notes = match self.notes.map(|n| n.trim().to_string()).filter(|n| !n.is_empty()) {
             Some(n) if n.chars().count() > 1000 => {
-                return Err(Problem::validation("guest.notes", "must be at most 1000 characters"));
+                return Err(HoldsError::invalid("guest.notes", "must be at most 1000 characters"));
             }
             other => other,
         };
@@ -96,18 +97,18 @@ impl GuestBody {
     }
 }
 
-pub fn party(field: &str, n: u16) -> Result<PartySize, Problem> {
-    PartySize::new(n).map_err(|e| Problem::validation(field, e.to_string()))
+pub fn party(field: &'static str, n: u16) -> Result<PartySize, HoldsError> {
+    PartySize::new(n).map_err(|e| HoldsError::invalid(field, e.to_string()))
 }
 
 /// A table list from a quote: non-empty, no duplicates, at most 8.
-pub fn table_list(ids: Vec<TableId>) -> Result<Vec<TableId>, Problem> {
+pub fn table_list(ids: Vec<TableId>) -> Result<Vec<TableId>, HoldsError> {
     let mut v = ids;
     v.sort();
     let before = v.len();
     v.dedup();
     if v.is_empty() || v.len() > 8 || v.len() != before {
-        return Err(Problem::validation("table_ids", "must list 1 to 8 distinct tables"));
+        return Err(HoldsError::invalid("table_ids", "must list 1 to 8 distinct tables"));
     }
     Ok(v)
 }
@@ -126,8 +127,8 @@ mod tests {
         let long_local = format!("{}@example.com", "a".repeat(65));
         for bad in ["ada,bob@example.com", "\"ada\"@example.com", long_local.as_str(), "ada@exa\u{7}mple.com"] {
             assert!(!holdfast_shared::email::plausible_address(bad), "{bad:?}");
-            let p = body(bad).parse().expect_err(bad);
-            assert_eq!(p.field.as_deref(), Some("guest.email"), "{bad:?}");
+            let e = body(bad).parse().expect_err(bad);
+            assert!(matches!(e, HoldsError::Invalid { field: "guest.email", .. }), "{bad:?}");
         }
     }
 

@@ -1,15 +1,16 @@
-//! The holds API's one error enum and its single mapping to HTTP.
+//! The holds API's one error enum. It says what went wrong in domain terms; the api layer
+//! (`api::problem`) is the one place that turns it into a status code and a body.
 
 use holdfast_adapters::db::DbFault;
-use holdfast_adapters::http::Problem;
 use holdfast_shared::allocator::{Alternative, QuoteRejection};
-use lambda_http::http::StatusCode;
-use serde_json::json;
+use holdfast_shared::hold::HoldState;
+use holdfast_shared::ids::BookingId;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HoldsError {
-    #[error("invalid request")]
-    Invalid(Problem),
+    /// A request value the domain refuses; `field` names it as the client sent it.
+    #[error("invalid {field}: {message}")]
+    Invalid { field: &'static str, message: String },
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("quote rejected: {0}")]
@@ -19,8 +20,9 @@ pub enum HoldsError {
     Conflict { code: &'static str, message: String, alternatives: Vec<Alternative> },
     #[error("hold expired")]
     HoldExpired,
-    #[error("hold is {state}, not live")]
-    HoldNotLive { state: &'static str, booking_id: Option<uuid::Uuid> },
+    /// Confirmed or released: `booking_id` is the confirmed hold's booking.
+    #[error("hold is {}, not live", state.as_str())]
+    HoldNotLive { state: HoldState, booking_id: Option<BookingId> },
     #[error("hold metadata incomplete")]
     MetadataIncomplete { missing: Vec<&'static str> },
     #[error("idempotency key reused with a different request")]
@@ -33,10 +35,14 @@ pub enum HoldsError {
 }
 
 impl HoldsError {
-    /// Stable code for events and metrics.
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        Self::Invalid { field, message: message.into() }
+    }
+
+    /// Stable code for events, metrics and error bodies.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::Invalid(p) => p.code,
+            Self::Invalid { .. } => "validation_failed",
             Self::NotFound(_) => "not_found",
             Self::Rejected(r) => r.code(),
             Self::Conflict { code, .. } => code,
@@ -55,44 +61,16 @@ impl HoldsError {
     pub fn is_fault(&self) -> bool {
         matches!(self, Self::EnforcementUnverified | Self::Db(_))
     }
+}
 
-    pub fn into_problem(self) -> Problem {
-        let code = self.code();
-        match self {
-            Self::Invalid(p) => p,
-            Self::NotFound(what) => Problem::new(StatusCode::NOT_FOUND, code, format!("{what} not found")),
-            Self::Rejected(r) => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, code, r.to_string()),
-            Self::Conflict { message, alternatives, .. } => {
-                Problem::new(StatusCode::CONFLICT, code, message).detail("alternatives", json!(alternatives))
-            }
-            Self::HoldExpired => Problem::new(StatusCode::GONE, code, "the hold has expired; quote and hold again"),
-            Self::HoldNotLive { state, booking_id } => {
-                let p = Problem::new(StatusCode::CONFLICT, code, format!("the hold is {state}"));
-                match booking_id {
-                    Some(b) => p.detail("booking_id", json!(b)),
-                    None => p,
-                }
-            }
-            Self::MetadataIncomplete { missing } => Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                code,
-                "the hold lacks metadata required to confirm it; create a new hold",
-            )
-            .detail("missing", json!(missing)),
-            Self::IdempotencyMismatch => Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                code,
-                "this Idempotency-Key was used with a different request",
-            )
-            .field("Idempotency-Key"),
-            Self::EnforcementUnverified => Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                code,
-                "hold writes are paused: the database does not enforce table conflicts",
-            )
-            .retry_after(30),
-            Self::Db(f) if f.is_retriable() => Problem::unavailable(),
-            Self::Db(_) => Problem::new(StatusCode::INTERNAL_SERVER_ERROR, code, "internal error"),
-        }
+impl From<deadpool_postgres::PoolError> for HoldsError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        Self::Db(DbFault::from(e))
+    }
+}
+
+impl From<tokio_postgres::Error> for HoldsError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Self::Db(DbFault::from(e))
     }
 }

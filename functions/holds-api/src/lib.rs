@@ -3,10 +3,18 @@
 
 pub mod api;
 pub mod backfill;
+mod confirm;
 pub mod dto;
 pub mod error;
+mod hold;
+pub mod idempotency;
+mod observe;
+pub mod outcome;
+mod quote;
+mod release;
 pub mod service;
 pub mod store;
+mod views;
 
 pub use service::HoldsService;
 

@@ -3,12 +3,11 @@
 //! resumes at the first unsent part and never re-sends an accepted one.
 
 use chrono::Duration;
+use holdfast_adapters::secrets::{SecretError, SsmSecret};
 use holdfast_shared::metrics::{chunk_for_cloudwatch, datadog_name, metric_def, DatumValue, MetricDatum, MetricKind};
 use serde_json::{json, Value};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use tokio::sync::OnceCell;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -120,30 +119,15 @@ pub const DATADOG_SERIES_PER_REQUEST: usize = 500;
 /// Raw values per `POST /api/v1/distribution_points` request (≈ 1 MB of JSON at most).
 pub const DATADOG_VALUES_PER_REQUEST: usize = 100_000;
 
-/// The Datadog API key, read once per container from an SSM SecureString. Its `Debug` is
-/// redacted and it is sent only as a sensitive header.
-#[derive(Clone)]
-pub struct ApiKey(Arc<str>);
-
-impl std::fmt::Debug for ApiKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ApiKey(<redacted>)")
-    }
-}
-
-struct KeySource {
-    client: aws_sdk_ssm::Client,
-    parameter: String,
-}
-
 /// Counters and gauges through the v2 series API, `Latency` through the distribution points
 /// API (Datadog then computes p50/p95/p99 over any period). Names are `holdfast.<snake_case>`,
 /// tags `env:`, `operation:`, … from the bounded dimensions only.
 pub struct DatadogSink {
     http: reqwest::Client,
     base_url: String,
-    source: KeySource,
-    key: OnceCell<ApiKey>,
+    /// The API key, read once per container from an SSM SecureString; sent only as a
+    /// sensitive header.
+    key: SsmSecret,
 }
 
 /// One Datadog request of a batch.
@@ -250,12 +234,7 @@ fn body(data: &[MetricDatum], part: &DdPart) -> (&'static str, Value) {
 impl DatadogSink {
     /// `base_url` e.g. `https://api.datadoghq.eu`; the key is read from SSM on first use.
     pub fn from_ssm(http: reqwest::Client, base_url: &str, ssm: aws_sdk_ssm::Client, parameter: String) -> Self {
-        Self {
-            http,
-            base_url: base_url.trim_end_matches('/').to_owned(),
-            source: KeySource { client: ssm, parameter },
-            key: OnceCell::new(),
-        }
+        Self { http, base_url: base_url.trim_end_matches('/').to_owned(), key: SsmSecret::new(ssm, parameter) }
     }
 
     /// The HTTP client Datadog calls use: tight timeouts, so a slow intake fails the part (and
@@ -268,27 +247,16 @@ impl DatadogSink {
             .unwrap_or_default()
     }
 
-    async fn api_key(&self) -> Result<&ApiKey, SinkError> {
-        self.key
-            .get_or_try_init(|| async {
-                let out = self
-                    .source
-                    .client
-                    .get_parameter()
-                    .name(&self.source.parameter)
-                    .with_decryption(true)
-                    .send()
-                    .await
-                    .map_err(|_| SinkError::new("datadog: api key parameter unreadable"))?;
-                let v = out
-                    .parameter
-                    .and_then(|p| p.value)
-                    .map(|v| v.trim().to_owned())
-                    .filter(|v| !v.is_empty())
-                    .ok_or_else(|| SinkError::new("datadog: api key parameter empty"))?;
-                Ok(ApiKey(v.into()))
-            })
-            .await
+    /// The header carrying the API key (read from SSM on first use).
+    async fn api_key_header(&self) -> Result<reqwest::header::HeaderValue, SinkError> {
+        let key = self.key.get().await.map_err(|e| match e {
+            SecretError::Unreadable(_) => SinkError::new("datadog: api key parameter unreadable"),
+            SecretError::Empty => SinkError::new("datadog: api key parameter empty"),
+        })?;
+        let mut header = reqwest::header::HeaderValue::from_str(key.expose())
+            .map_err(|_| SinkError::new("datadog: api key is not a valid header value"))?;
+        header.set_sensitive(true);
+        Ok(header)
     }
 }
 
@@ -311,10 +279,7 @@ impl Sink for DatadogSink {
             let parts = plan(data);
             let p = parts.get(part).ok_or_else(|| SinkError::new("datadog: no such part"))?;
             let (path, body) = body(data, p);
-            let key = self.api_key().await?;
-            let mut header = reqwest::header::HeaderValue::from_str(&key.0)
-                .map_err(|_| SinkError::new("datadog: api key is not a valid header value"))?;
-            header.set_sensitive(true);
+            let header = self.api_key_header().await?;
             let resp = self
                 .http
                 .post(format!("{}{path}", self.base_url))
@@ -405,10 +370,5 @@ mod tests {
         assert_eq!(values.len(), 150_010);
         assert_eq!(values.iter().filter(|v| **v == 149.0).count(), 1000);
         assert_eq!(values.iter().filter(|v| **v == 9.0).count(), 1001);
-    }
-
-    #[test]
-    fn api_key_is_redacted_in_debug() {
-        assert_eq!(format!("{:?}", ApiKey("dd-secret".into())), "ApiKey(<redacted>)");
     }
 }

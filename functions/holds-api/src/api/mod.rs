@@ -1,0 +1,100 @@
+//! HTTP routing for the holds API (API Gateway HTTP API payload v2, or the local server). The
+//! only layer that knows HTTP: it parses requests, calls a use case and picks the status code
+//! and body for its typed outcome (`problem` maps every error).
+
+mod problem;
+
+use crate::idempotency::Idempotency;
+use crate::outcome::Reply;
+use crate::service::HoldsService;
+use holdfast_adapters::http::{self, Problem};
+use holdfast_shared::ids::{HoldId, RestaurantId};
+use lambda_http::http::{Method, StatusCode};
+use lambda_http::{Body, Request, Response};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::str::FromStr;
+
+pub async fn handle(svc: &HoldsService, req: Request) -> Response<Body> {
+    match route(svc, &req).await {
+        Ok(resp) => resp,
+        Err(p) => p.into_response(),
+    }
+}
+
+async fn route(svc: &HoldsService, req: &Request) -> Result<Response<Body>, Problem> {
+    let path = req.uri().path().trim_end_matches('/');
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let method = req.method();
+    match segs.as_slice() {
+        ["restaurants", id, "quotes"] if method == Method::POST => {
+            let restaurant: RestaurantId = path_id(id, "restaurant_id")?;
+            let body = http::parse_json(http::body_bytes(req))?;
+            Ok(ok(StatusCode::OK, &svc.quote(restaurant, body).await.map_err(problem::from)?))
+        }
+        ["holds"] if method == Method::POST => {
+            let body = http::parse_json(http::body_bytes(req))?;
+            let idem = idempotency(req, "POST /holds", StatusCode::CREATED)?;
+            Ok(reply(StatusCode::CREATED, svc.hold(body, idem).await.map_err(problem::from)?))
+        }
+        ["holds", id] if method == Method::GET => {
+            let view = svc.get(path_id::<HoldId>(id, "hold_id")?).await.map_err(problem::from)?;
+            Ok(ok(StatusCode::OK, &view))
+        }
+        ["holds", id] if method == Method::DELETE => {
+            let released = svc.release(path_id::<HoldId>(id, "hold_id")?).await.map_err(problem::from)?;
+            Ok(ok(StatusCode::OK, &released))
+        }
+        ["holds", id, "confirm"] if method == Method::POST => {
+            let hold: HoldId = path_id(id, "hold_id")?;
+            let body = http::parse_json(http::body_bytes(req))?;
+            let idem = idempotency(req, "POST /holds/{id}/confirm", StatusCode::OK)?;
+            Ok(reply(StatusCode::OK, svc.confirm(hold, body, idem).await.map_err(problem::from)?))
+        }
+        ["restaurants", _, "quotes"] | ["holds"] | ["holds", _] | ["holds", _, "confirm"] => Err(Problem::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{method} is not allowed here"),
+        )),
+        _ => Err(Problem::new(StatusCode::NOT_FOUND, "route_not_found", "no such route")),
+    }
+}
+
+fn ok<T: Serialize>(status: StatusCode, body: &T) -> Response<Body> {
+    http::json_response(status, body)
+}
+
+/// A fresh outcome with the route's status; a replay exactly as first answered.
+fn reply<T: Serialize>(status: StatusCode, r: Reply<T>) -> Response<Body> {
+    match r {
+        Reply::Fresh(body) => ok(status, &body),
+        Reply::Replayed(first) => ok(StatusCode::from_u16(first.status).unwrap_or(status), &first.body),
+    }
+}
+
+fn path_id<T: FromStr>(raw: &str, field: &'static str) -> Result<T, Problem> {
+    T::from_str(raw)
+        .map_err(|_| Problem::new(StatusCode::BAD_REQUEST, "validation_failed", "must be a UUID").field(field))
+}
+
+/// The Idempotency-Key header, scoped to the route and the caller, with a hash of the request.
+fn idempotency(req: &Request, scope: &str, success: StatusCode) -> Result<Option<Idempotency>, Problem> {
+    let Some(v) = req.headers().get("idempotency-key") else { return Ok(None) };
+    let key = v.to_str().unwrap_or("").trim();
+    if key.is_empty() || key.len() > 200 || !key.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(Problem::validation("Idempotency-Key", "must be 1 to 200 printable ASCII characters"));
+    }
+    let caller = http::caller(req).unwrap_or_else(|| "anonymous".into());
+    let mut h = Sha256::new();
+    h.update(req.method().as_str().as_bytes());
+    h.update(b" ");
+    h.update(req.uri().path().as_bytes());
+    h.update(b"\n");
+    h.update(http::body_bytes(req));
+    Ok(Some(Idempotency {
+        scope: format!("{scope}|{caller}"),
+        key: key.to_string(),
+        request_hash: format!("{:x}", h.finalize()),
+        success_status: success.as_u16(),
+    }))
+}

@@ -1,0 +1,46 @@
+//! The one mapping from [`HoldsError`] to an HTTP problem (status, code, body).
+
+use crate::error::HoldsError;
+use holdfast_adapters::http::Problem;
+use lambda_http::http::StatusCode;
+use serde_json::json;
+
+pub(super) fn from(e: HoldsError) -> Problem {
+    let code = e.code();
+    match e {
+        HoldsError::Invalid { field, message } => Problem::validation(field, message),
+        HoldsError::NotFound(what) => Problem::new(StatusCode::NOT_FOUND, code, format!("{what} not found")),
+        HoldsError::Rejected(r) => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, code, r.to_string()),
+        HoldsError::Conflict { message, alternatives, .. } => {
+            Problem::new(StatusCode::CONFLICT, code, message).detail("alternatives", json!(alternatives))
+        }
+        HoldsError::HoldExpired => Problem::new(StatusCode::GONE, code, "the hold has expired; quote and hold again"),
+        HoldsError::HoldNotLive { state, booking_id } => {
+            let p = Problem::new(StatusCode::CONFLICT, code, format!("the hold is {}", state.as_str()));
+            match booking_id {
+                Some(b) => p.detail("booking_id", json!(b)),
+                None => p,
+            }
+        }
+        HoldsError::MetadataIncomplete { missing } => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            code,
+            "the hold lacks metadata required to confirm it; create a new hold",
+        )
+        .detail("missing", json!(missing)),
+        HoldsError::IdempotencyMismatch => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            code,
+            "this Idempotency-Key was used with a different request",
+        )
+        .field("Idempotency-Key"),
+        HoldsError::EnforcementUnverified => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            code,
+            "hold writes are paused: the database does not enforce table conflicts",
+        )
+        .retry_after(30),
+        HoldsError::Db(f) if f.is_retriable() => Problem::unavailable(),
+        HoldsError::Db(_) => Problem::new(StatusCode::INTERNAL_SERVER_ERROR, code, "internal error"),
+    }
+}

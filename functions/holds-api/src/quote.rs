@@ -1,0 +1,37 @@
+//! Quote: which table(s) the restaurant's current policy would give this party at this time.
+//! Read-only: nothing is reserved until a hold.
+
+use crate::dto::{self, QuoteBody};
+use crate::error::HoldsError;
+use crate::observe::Observed;
+use crate::outcome::Quoted;
+use crate::service::HoldsService;
+use holdfast_shared::allocator::QuoteRequest;
+use holdfast_shared::events::{EventType, Operation};
+use holdfast_shared::ids::RestaurantId;
+
+impl HoldsService {
+    pub async fn quote(&self, restaurant: RestaurantId, body: QuoteBody) -> Result<Quoted, HoldsError> {
+        let mut o = Observed::new(Operation::Quote);
+        o.restaurant = Some(restaurant);
+        o.party = Some(body.party_size);
+        let result = self.quote_inner(&mut o, restaurant, body).await;
+        self.finish(&o, EventType::QuoteCompleted, result).await
+    }
+
+    async fn quote_inner(
+        &self,
+        o: &mut Observed,
+        restaurant: RestaurantId,
+        body: QuoteBody,
+    ) -> Result<Quoted, HoldsError> {
+        let req = QuoteRequest { party: dto::party("party_size", body.party_size)?, start: body.start };
+        let flags = self.flags.get().await.set;
+        let c = self.pool.get().await?;
+        let policy = self.policy_of(&c, restaurant).await?;
+        o.policy_version = Some(policy.version);
+        let selection = self.quote_now(&c, restaurant, &policy, &flags, &req).await?;
+        o.tables = Some(selection.table_ids.len());
+        Ok(Quoted::new(restaurant, selection))
+    }
+}

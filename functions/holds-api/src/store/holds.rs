@@ -1,0 +1,238 @@
+//! `holds`: the hold rows, typed on the way out, and the one-flight hold write.
+
+use super::claims::{LOCK_TABLES_SQL, PRUNE_EXPIRED_SQL};
+use super::{sorted_uuids, uuids};
+use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
+use holdfast_adapters::db::DbFault;
+use holdfast_shared::events::StrictMode;
+use holdfast_shared::hold::{HoldMetadata, HoldStatus};
+use holdfast_shared::ids::{BookingId, HoldId, RestaurantId, TableId};
+use holdfast_shared::window::Window;
+use serde_json::Value;
+use tokio_postgres::types::ToSql;
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct HoldRow {
+    pub id: HoldId,
+    pub restaurant_id: RestaurantId,
+    pub party_size: i16,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+    pub blocked_start: DateTime<Utc>,
+    pub blocked_end: DateTime<Utc>,
+    pub status: HoldStatus,
+    pub strict_mode: StrictMode,
+    pub expires_at: DateTime<Utc>,
+    pub policy_version: Option<i32>,
+    pub policy_hash: Option<String>,
+    pub table_ids: Vec<TableId>,
+    pub selection_snapshot: Option<Value>,
+    pub booking_id: Option<BookingId>,
+    pub replaced_by: Option<HoldId>,
+    /// The database's clock when the row was read: expiry is judged by one clock.
+    pub db_now: DateTime<Utc>,
+}
+
+impl HoldRow {
+    /// The metadata as stored, for the completeness check.
+    pub fn metadata(&self) -> HoldMetadata {
+        HoldMetadata {
+            policy_version: self.policy_version,
+            policy_hash: self.policy_hash.clone(),
+            table_ids: self.table_ids.clone(),
+            selection_snapshot: self.selection_snapshot.clone(),
+        }
+    }
+
+    /// (seated, blocked). The table's CHECKs make both non-empty; anything else is a fault.
+    pub fn windows(&self) -> Result<(Window, Window), DbFault> {
+        let bad = |_| DbFault::Other("bad hold window".into());
+        Ok((
+            Window::new(self.starts_at, self.ends_at).map_err(bad)?,
+            Window::new(self.blocked_start, self.blocked_end).map_err(bad)?,
+        ))
+    }
+}
+
+const HOLD_COLUMNS: &str = "id, restaurant_id, party_size, starts_at, ends_at, lower(blocked), upper(blocked), status,
+     strict_mode, expires_at, policy_version, policy_hash, table_ids, selection_snapshot, booking_id, replaced_by, now()";
+
+fn hold_from_row(r: &tokio_postgres::Row) -> Result<HoldRow, DbFault> {
+    let status: &str = r.get(7);
+    let mode: &str = r.get(8);
+    let table_ids: Vec<Uuid> = r.get(12);
+    Ok(HoldRow {
+        id: HoldId(r.get(0)),
+        restaurant_id: RestaurantId(r.get(1)),
+        party_size: r.get(2),
+        starts_at: r.get(3),
+        ends_at: r.get(4),
+        blocked_start: r.get(5),
+        blocked_end: r.get(6),
+        status: HoldStatus::parse(status).map_err(|e| DbFault::Other(e.to_string()))?,
+        strict_mode: StrictMode::parse(mode).ok_or_else(|| DbFault::Other(format!("unknown strict mode {mode:?}")))?,
+        expires_at: r.get(9),
+        policy_version: r.get(10),
+        policy_hash: r.get(11),
+        table_ids: table_ids.into_iter().map(TableId).collect(),
+        selection_snapshot: r.get(13),
+        booking_id: r.get::<_, Option<Uuid>>(14).map(BookingId),
+        replaced_by: r.get::<_, Option<Uuid>>(15).map(HoldId),
+        db_now: r.get(16),
+    })
+}
+
+pub async fn get_hold<C: GenericClient>(c: &C, id: HoldId) -> Result<Option<HoldRow>, DbFault> {
+    let sql = format!("SELECT {HOLD_COLUMNS} FROM holds WHERE id = $1");
+    c.query_opt(&c.prepare_cached(&sql).await?, &[&id.as_uuid()]).await?.as_ref().map(hold_from_row).transpose()
+}
+
+/// Lock the hold for the rest of the transaction (confirm/release of one hold serialise).
+pub async fn lock_hold<C: GenericClient>(c: &C, id: HoldId) -> Result<Option<HoldRow>, DbFault> {
+    let sql = format!("SELECT {HOLD_COLUMNS} FROM holds WHERE id = $1 FOR UPDATE");
+    c.query_opt(&c.prepare_cached(&sql).await?, &[&id.as_uuid()]).await?.as_ref().map(hold_from_row).transpose()
+}
+
+pub struct NewHold<'a> {
+    pub id: HoldId,
+    pub restaurant: RestaurantId,
+    pub party_size: i16,
+    pub seated: &'a Window,
+    pub blocked: &'a Window,
+    pub status: HoldStatus,
+    pub strict_mode: StrictMode,
+    pub ttl_secs: i32,
+    /// When set, the expiry is copied (drift re-hold keeps the guest's deadline).
+    pub expires_at: Option<DateTime<Utc>>,
+    pub policy_version: i32,
+    pub policy_hash: &'a str,
+    pub table_ids: &'a [TableId],
+    pub snapshot: &'a Value,
+    pub booking_id: Option<BookingId>,
+}
+
+/// Insert a hold row (no claims); returns its expiry (database clock).
+pub async fn insert_hold<C: GenericClient>(c: &C, h: &NewHold<'_>) -> Result<DateTime<Utc>, DbFault> {
+    let stmt = c
+        .prepare_cached(
+            "INSERT INTO holds (id, restaurant_id, party_size, starts_at, ends_at, blocked, status, strict_mode,
+                                expires_at, policy_version, policy_hash, table_ids, selection_snapshot, booking_id)
+             VALUES ($1, $2, $3, $4, $5, tstzrange($6, $7, '[)'), $8, $9,
+                     COALESCE($10, now() + make_interval(secs => $11)), $12, $13, $14, $15, $16)
+             RETURNING expires_at",
+        )
+        .await?;
+    let (id, restaurant, tables) = (h.id.as_uuid(), h.restaurant.as_uuid(), uuids(h.table_ids));
+    let (status, mode, ttl, booking) =
+        (h.status.as_str(), h.strict_mode.as_str(), f64::from(h.ttl_secs), h.booking_id.map(|b| b.as_uuid()));
+    let params: [&(dyn ToSql + Sync); 16] = [
+        &id,
+        &restaurant,
+        &h.party_size,
+        &h.seated.start(),
+        &h.seated.end(),
+        &h.blocked.start(),
+        &h.blocked.end(),
+        &status,
+        &mode,
+        &h.expires_at,
+        &ttl,
+        &h.policy_version,
+        &h.policy_hash,
+        &tables,
+        &h.snapshot,
+        &booking,
+    ];
+    Ok(c.query_one(&stmt, &params).await?.get(0))
+}
+
+/// The hold write path in one flight: lock the tables (id order), prune expired holds on
+/// them, then insert the hold and its claims in one statement (a data-modifying CTE, so the
+/// merged selection is still all-or-nothing). The three statements are pipelined on the
+/// transaction's connection: prepared first, then sent in order on their first poll, so the
+/// server runs them in exactly the sequential order while the client waits once instead of
+/// three times (this is what lifts the handler toward pgbench's rate; BENCHMARKS.md).
+/// Returns the hold's expiry (database clock). Errors are reported in statement order.
+pub async fn hold_write<C: GenericClient>(c: &C, h: &NewHold<'_>, exclusive: bool) -> Result<DateTime<Utc>, DbFault> {
+    let (lock, prune, insert) = tokio::try_join!(
+        c.prepare_cached(LOCK_TABLES_SQL),
+        c.prepare_cached(PRUNE_EXPIRED_SQL),
+        c.prepare_cached(
+            "WITH h AS (
+               INSERT INTO holds (id, restaurant_id, party_size, starts_at, ends_at, blocked, status, strict_mode,
+                                  expires_at, policy_version, policy_hash, table_ids, selection_snapshot)
+               VALUES ($1, $2, $3, $4, $5, tstzrange($6, $7, '[)'), $8, $9,
+                       now() + make_interval(secs => $10), $11, $12, $13, $14)
+               RETURNING id, expires_at, blocked
+             ), c AS (
+               INSERT INTO table_claims (restaurant_id, table_id, kind, hold_id, during, expires_at, exclusive)
+               SELECT $2, t, 'hold', h.id, h.blocked, h.expires_at, $15
+                 FROM h, unnest($16::uuid[]) WITH ORDINALITY AS u(t, n) ORDER BY n
+             )
+             SELECT expires_at FROM h",
+        ),
+    )?;
+    let sorted = sorted_uuids(h.table_ids);
+    let tables = uuids(h.table_ids);
+    let ttl = f64::from(h.ttl_secs);
+    let (status, mode) = (h.status.as_str(), h.strict_mode.as_str());
+    let (blocked_start, blocked_end) = (h.blocked.start(), h.blocked.end());
+    let (id, restaurant, seated_start, seated_end) =
+        (h.id.as_uuid(), h.restaurant.as_uuid(), h.seated.start(), h.seated.end());
+    let lock_params: [&(dyn ToSql + Sync); 1] = [&sorted];
+    let prune_params: [&(dyn ToSql + Sync); 3] = [&sorted, &blocked_start, &blocked_end];
+    let insert_params: [&(dyn ToSql + Sync); 16] = [
+        &id,
+        &restaurant,
+        &h.party_size,
+        &seated_start,
+        &seated_end,
+        &blocked_start,
+        &blocked_end,
+        &status,
+        &mode,
+        &ttl,
+        &h.policy_version,
+        &h.policy_hash,
+        &tables,
+        &h.snapshot,
+        &exclusive,
+        &sorted,
+    ];
+    // join!, not try_join!: every response is awaited, then the first error in statement order
+    // wins (a later statement only fails with "transaction aborted" because of it).
+    let (locked, pruned, inserted) = tokio::join!(
+        c.query(&lock, &lock_params),
+        c.execute(&prune, &prune_params),
+        c.query_one(&insert, &insert_params),
+    );
+    locked?;
+    pruned?;
+    Ok(inserted?.get(0))
+}
+
+pub async fn set_hold_confirmed<C: GenericClient>(c: &C, hold: HoldId, booking: BookingId) -> Result<(), DbFault> {
+    c.execute(
+        &c.prepare_cached("UPDATE holds SET status = 'confirmed', booking_id = $2, updated_at = now() WHERE id = $1")
+            .await?,
+        &[&hold.as_uuid(), &booking.as_uuid()],
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn set_hold_released<C: GenericClient>(
+    c: &C,
+    hold: HoldId,
+    replaced_by: Option<HoldId>,
+) -> Result<(), DbFault> {
+    c.execute(
+        &c.prepare_cached("UPDATE holds SET status = 'released', replaced_by = $2, updated_at = now() WHERE id = $1")
+            .await?,
+        &[&hold.as_uuid(), &replaced_by.map(|h| h.as_uuid())],
+    )
+    .await?;
+    Ok(())
+}
