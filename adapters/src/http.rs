@@ -180,8 +180,10 @@ pub fn request_id(req: &Request) -> Option<String> {
 /// typed `aws_lambda_events` struct, so the compiler checks its shape (no hand-written JSON).
 /// Built by the local gateway (`cli/src/gateway.rs`), the tests and the holds benchmark.
 ///
-/// `sub` becomes the JWT authorizer's `sub` claim (what `caller` reads); `None` leaves the
-/// authorizer out, as for a route without one. Headers are lower-cased by `HeaderMap`; a header
+/// `sub` becomes the JWT authorizer's claims (what `caller` and `identity::caller` read): the
+/// dev-token form `<subject>[;groups=<g1>,<g2>…]` gives `sub=<subject>` and, when groups are
+/// given, `groups=[<g1> <g2>]` — the way API Gateway flattens an array claim such as
+/// `cognito:groups`. `None` leaves the authorizer out, as for a route without one. Headers are lower-cased by `HeaderMap`; a header
 /// sent more than once is folded into one comma-separated value, as API Gateway does for
 /// payload v2 (the event carries one value per name). The body is passed as text
 /// (`isBase64Encoded: false`): these APIs take JSON, not binary media types.
@@ -214,9 +216,17 @@ pub fn apigw_v2_http_request(
     ctx.stage = Some("$default".into());
     ctx.time = Some(now.format("%d/%b/%Y:%H:%M:%S +0000").to_string());
     ctx.time_epoch = now.timestamp_millis();
-    ctx.authorizer = sub.map(|sub| {
+    ctx.authorizer = sub.map(|token| {
         let mut jwt = ApiGatewayRequestAuthorizerJwtDescription::default();
-        jwt.claims.insert("sub".into(), sub.to_string());
+        let (sub, groups) = match token.split_once(";groups=") {
+            Some((sub, groups)) => (sub, Some(groups)),
+            None => (token, None),
+        };
+        jwt.claims.insert("sub".into(), sub.trim().to_string());
+        if let Some(groups) = groups {
+            let list: Vec<&str> = groups.split(',').map(str::trim).filter(|g| !g.is_empty()).collect();
+            jwt.claims.insert("groups".into(), format!("[{}]", list.join(" ")));
+        }
         let mut auth = ApiGatewayRequestAuthorizer::default();
         auth.jwt = Some(jwt);
         auth
@@ -326,6 +336,21 @@ mod tests {
             map.append(HeaderName::from_bytes(k.as_bytes()).expect("name"), HeaderValue::from_str(v).expect("value"));
         }
         map
+    }
+
+    #[test]
+    fn dev_tokens_carry_groups_as_api_gateway_flattens_them() {
+        let r = format!("restaurant:{}:staff", uuid::Uuid::nil());
+        let token = format!("Olga;groups=holdfast-ops, {r}");
+        let event = apigw_v2_http_request(Method::GET, "/flags/matrix", "", &HeaderMap::new(), "", Some(&token));
+        let req = lambda_request(&event).expect("request");
+        let who = crate::identity::caller(&req).expect("caller");
+        assert_eq!(who.subject.as_str(), "olga", "subjects are case-folded");
+        assert!(who.roles.ops && !who.roles.flag_approver);
+        assert_eq!(who.roles.staff_of.len(), 1);
+        let plain = apigw_v2_http_request(Method::GET, "/x", "", &HeaderMap::new(), "", Some("ada"));
+        let who = crate::identity::caller(&lambda_request(&plain).expect("request")).expect("caller");
+        assert_eq!(who.roles, holdfast_shared::auth::Roles::default());
     }
 
     #[test]

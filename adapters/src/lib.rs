@@ -7,6 +7,7 @@ pub mod db;
 pub mod events;
 pub mod flags;
 pub mod http;
+pub mod identity;
 pub mod outbox;
 pub mod secrets;
 pub mod telemetry;

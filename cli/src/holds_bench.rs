@@ -105,11 +105,13 @@ pub async fn run(a: BenchArgs) -> Res {
                 let mut n = 0u64;
                 let mut errors = 0u64;
                 while Instant::now() < deadline {
+                    // A new day and a new guest each time: every hold succeeds (no conflict, and no
+                    // guest reaches the live-hold limit), like a reservation drop's many guests.
                     let d = day.fetch_add(1, Ordering::Relaxed) as i64;
                     let start = chrono::DateTime::parse_from_rfc3339("2031-01-01T19:00:00Z").map(|t| t.to_utc()).unwrap_or_default()
                         + chrono::Duration::days(d);
                     let body = serde_json::json!({"restaurant_id": RESTAURANT, "party_size": table.min_party, "start": start, "table_ids": [table.id]}).to_string();
-                    let ev = holdfast_adapters::http::apigw_v2_event("POST", "/holds", "", &[("content-type".into(), "application/json".into())], &body, Some("bench"));
+                    let ev = holdfast_adapters::http::apigw_v2_event("POST", "/holds", "", &[("content-type".into(), "application/json".into())], &body, Some(&format!("bench-guest-{d}")));
                     let req = match lambda_http::request::from_str(&ev.to_string()) {
                         Ok(r) => r,
                         Err(_) => break,

@@ -55,7 +55,10 @@ pub async fn run(listen: std::net::SocketAddr) -> Res {
 
     println!("holdfast is running locally");
     println!("  holds API       http://{listen}/restaurants/…/quotes, /holds  (Authorization: Bearer dev:<you>)");
-    println!("  flag approver   http://{listen}/flags/…  (a second dev:<name> approves)");
+    println!("  flag approver   http://{listen}/flags/…  (dev:<you>;groups=holdfast-ops proposes, dev:<other>;groups=holdfast-flag-approvers approves)");
+    println!(
+        "  staff           Bearer dev:<you>;groups=restaurant:{DEMO_RESTAURANT}:staff sees the restaurant's holds"
+    );
     println!("  demo restaurant {DEMO_RESTAURANT}");
     println!("  email queue     {}  (sender polls it; relay ticks every 5 s)", email_q.queue_url);
     println!("  email DLQ       {}  (redrive: holdfast email dlq redrive)", email_q.dlq_url);
@@ -69,7 +72,7 @@ pub async fn run(listen: std::net::SocketAddr) -> Res {
     println!("  curl -s -H \"$A\" -H \"$J\" -d '{{\"party_size\":2,\"start\":\"2030-01-07T19:00:00Z\"}}' http://{listen}/restaurants/{DEMO_RESTAURANT}/quotes");
     println!("  curl -s -H \"$A\" -H \"$J\" -d '{{\"restaurant_id\":\"{DEMO_RESTAURANT}\",\"party_size\":2,\"start\":\"2030-01-07T19:00:00Z\"}}' http://{listen}/holds");
     println!("  curl -s -H \"$A\" -H \"$J\" -d '{{\"guest\":{{\"name\":\"Test Guest\",\"email\":\"guest@example.invalid\"}}}}' http://{listen}/holds/<hold_id>/confirm");
-    println!("  curl -s -H \"$A\" http://{listen}/flags/matrix");
+    println!("  curl -s -H 'Authorization: Bearer dev:olga;groups=holdfast-ops' http://{listen}/flags/matrix");
     println!("  ./target/debug/holdfast holds rush --flows 1000     # synthetic rush, in another terminal");
     gateway::serve(listen, routes).await?;
     Ok(())

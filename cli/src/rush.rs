@@ -41,16 +41,19 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
+/// Each flow is its own guest (`<token>-<flow>`): a reservation drop is thousands of people,
+/// and one guest may only hold a few tables at a time.
 async fn post(
     client: &reqwest::Client,
     a: &RushArgs,
+    flow: usize,
     path: &str,
     body: serde_json::Value,
 ) -> Result<(u16, serde_json::Value, f64), reqwest::Error> {
     let t = Instant::now();
     let resp = client
         .post(format!("{}{}", a.base_url, path))
-        .header("authorization", format!("Bearer {}", a.token))
+        .header("authorization", format!("Bearer {}-{flow}", a.token))
         .json(&body)
         .send()
         .await?;
@@ -65,6 +68,7 @@ async fn flow(client: &reqwest::Client, a: &RushArgs, i: usize) -> FlowResult {
     let q = post(
         client,
         a,
+        i,
         &format!("/restaurants/{}/quotes", a.restaurant),
         serde_json::json!({"party_size": a.party, "start": start}),
     )
@@ -91,7 +95,7 @@ async fn flow(client: &reqwest::Client, a: &RushArgs, i: usize) -> FlowResult {
     let mut hold_id = None;
     // One try as quoted, then (on 409) one try with the first alternative the API offered.
     for attempt in 0..2 {
-        match post(client, a, "/holds", body.clone()).await {
+        match post(client, a, i, "/holds", body.clone()).await {
             Ok((s, v, ms)) => {
                 if s >= 500 {
                     r.server_errors += 1;
@@ -122,7 +126,7 @@ async fn flow(client: &reqwest::Client, a: &RushArgs, i: usize) -> FlowResult {
     // Synthetic guest: reserved .invalid domain, no real person.
     let guest =
         serde_json::json!({"guest": {"name": format!("Rush Guest {i}"), "email": format!("rush+{i}@example.invalid")}});
-    match post(client, a, &format!("/holds/{hold_id}/confirm"), guest).await {
+    match post(client, a, i, &format!("/holds/{hold_id}/confirm"), guest).await {
         Ok((s, _, ms)) => {
             r.confirm_ms = Some(ms);
             r.confirmed = s == 200;

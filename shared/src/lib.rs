@@ -5,9 +5,11 @@
 
 pub mod alerts;
 pub mod allocator;
+pub mod auth;
 pub mod email;
 pub mod events;
 pub mod flags;
+pub mod guest;
 pub mod hold;
 pub mod ids;
 pub mod metrics;

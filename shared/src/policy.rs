@@ -84,6 +84,35 @@ pub struct BookingPolicy {
     /// Grid for alternative times.
     pub slot_minutes: u32,
     pub tables: Vec<TableSpec>,
+    /// Abuse limits per guest at this restaurant. Left out of the serialised (and so hashed)
+    /// form while they are the defaults, so policies published before they existed keep their
+    /// hash; any change to them changes the hash like any other field.
+    #[serde(default, skip_serializing_if = "GuestLimits::is_default")]
+    pub guest_limits: GuestLimits,
+}
+
+/// How much one guest (authenticated subject) may do at one restaurant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestLimits {
+    /// Live (unexpired, unconfirmed) holds at once; the next is refused with 429.
+    pub max_live_holds: u8,
+    /// Bookings confirmed in any rolling hour; the next confirm is refused with 429.
+    pub max_confirms_per_hour: u16,
+}
+
+impl GuestLimits {
+    pub const DEFAULT: GuestLimits = GuestLimits { max_live_holds: 4, max_confirms_per_hour: 10 };
+
+    pub fn is_default(&self) -> bool {
+        *self == Self::DEFAULT
+    }
+}
+
+impl Default for GuestLimits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
 }
 
 /// One problem found by [`BookingPolicy::validate`].
@@ -413,6 +442,7 @@ impl BookingPolicy {
             max_party_size: 10,
             max_merge_tables: 3,
             slot_minutes: 15,
+            guest_limits: GuestLimits::DEFAULT,
             tables: vec![
                 table(1, "M1", "main", 1, 2, true, &[2]),
                 table(2, "M2", "main", 1, 2, true, &[1, 3]),
@@ -492,6 +522,7 @@ mod tests {
             max_party_size: 4,
             max_merge_tables: 2,
             slot_minutes: 30,
+            guest_limits: GuestLimits::DEFAULT,
             tables: vec![
                 TableSpec {
                     id: b,
@@ -666,6 +697,23 @@ mod tests {
             mutate(&mut p);
             assert_ne!(p, base, "mutation for {path} did not change the policy");
             assert_ne!(p.content_hash(), base_hash, "changing {path} kept the hash");
+        }
+    }
+
+    #[test]
+    fn guest_limits_hash_only_once_they_differ_from_the_defaults() {
+        // Defaults are left out, so the pinned canonical form above (published before limits
+        // existed) is unchanged; a non-default limit is part of the hash like any field.
+        let base = BookingPolicy::demo(1);
+        assert!(!base.canonical_json().contains("guest_limits"));
+        for mutate in
+            [(|l: &mut GuestLimits| l.max_live_holds += 1) as fn(&mut GuestLimits), |l| l.max_confirms_per_hour -= 1]
+        {
+            let mut p = base.clone();
+            mutate(&mut p.guest_limits);
+            assert_ne!(p.content_hash(), base.content_hash());
+            let back: BookingPolicy = serde_json::from_str(&serde_json::to_string(&p).expect("ser")).expect("de");
+            assert_eq!(back, p, "round trip keeps the limits");
         }
     }
 

@@ -8,11 +8,12 @@ use crate::error::HoldsError;
 use crate::idempotency::{self, Idempotency, NextAction};
 use crate::observe::Observed;
 use crate::outcome::{Confirmed, Reply};
-use crate::service::{no_table, settings, HoldsService};
+use crate::service::{may_act_on, no_table, settings, HoldsService};
 use crate::store::{self, HoldRow, StoredResponse};
 use deadpool_postgres::Transaction;
 use holdfast_adapters::db::{constraints, DbFault};
 use holdfast_shared::allocator::{self, PartySize, QuoteRequest, Selection};
+use holdfast_shared::auth::{Action, Caller};
 use holdfast_shared::email::EmailJob;
 use holdfast_shared::events::{EventType, Operation, Outcome};
 use holdfast_shared::flags::FlagSet;
@@ -77,13 +78,14 @@ enum AttemptEnd {
 impl HoldsService {
     pub async fn confirm(
         &self,
+        caller: &Caller,
         hold: HoldId,
         body: ConfirmBody,
         idem: Option<Idempotency>,
     ) -> Result<Reply<Confirmed>, HoldsError> {
         let mut o = Observed::new(Operation::Confirm);
         o.hold = Some(hold);
-        let (result, path) = self.confirm_inner(&mut o, hold, body, idem.as_ref()).await;
+        let (result, path) = self.confirm_inner(&mut o, caller, hold, body, idem.as_ref()).await;
         match result {
             Ok(reply) => {
                 self.record(&o, EventType::HoldConfirmed, Outcome::Success, None).await;
@@ -104,6 +106,7 @@ impl HoldsService {
     async fn confirm_inner(
         &self,
         o: &mut Observed,
+        caller: &Caller,
         hold: HoldId,
         body: ConfirmBody,
         idem: Option<&Idempotency>,
@@ -119,7 +122,8 @@ impl HoldsService {
         while let Some(attempt) = attempts.next() {
             o.attempt = attempt;
             let remaining = attempts.remaining();
-            match self.confirm_attempt(o, hold, &guest, &flags, idem, attempt, remaining, path).await {
+            let who = (caller, &guest);
+            match self.confirm_attempt(o, hold, who, &flags, idem, attempt, remaining, path).await {
                 AttemptEnd::Committed(confirmed, p) => return (Ok(Reply::Fresh(confirmed)), p),
                 AttemptEnd::Replayed(first) => return (Ok(Reply::Replayed(first)), Path::Direct),
                 AttemptEnd::Retry(p) => path = p,
@@ -150,7 +154,7 @@ impl HoldsService {
         &self,
         o: &mut Observed,
         hold: HoldId,
-        guest: &Guest,
+        (caller, guest): (&Caller, &Guest),
         flags: &FlagSet,
         idem: Option<&Idempotency>,
         attempt: u8,
@@ -165,7 +169,7 @@ impl HoldsService {
             Ok(tx) => tx,
             Err(e) => return AttemptEnd::Failed(e.into(), so_far),
         };
-        let loaded = match self.load_live_hold(o, &tx, hold, idem).await {
+        let loaded = match self.load_live_hold(o, &tx, hold, caller, idem).await {
             Ok(Load::Live(l)) => l,
             Ok(Load::Replay(first)) => return AttemptEnd::Replayed(first),
             Err(e) => return AttemptEnd::Failed(e, so_far),
@@ -220,9 +224,11 @@ impl HoldsService {
         o: &mut Observed,
         tx: &Transaction<'_>,
         hold: HoldId,
+        caller: &Caller,
         idem: Option<&Idempotency>,
     ) -> Result<Load, HoldsError> {
         let row = store::lock_hold(tx, hold).await?.ok_or(HoldsError::NotFound("hold"))?;
+        may_act_on(caller, Action::HoldConfirm, &row)?;
         // The row lock serialises duplicates: one that waited here for a first request with
         // the same Idempotency-Key to commit answers with that request's response.
         if let NextAction::Replay(first) = idempotency::try_processing(tx, idem).await? {
@@ -236,6 +242,12 @@ impl HoldsService {
             row.metadata().require_complete().map_err(|m| HoldsError::MetadataIncomplete { missing: m.missing })?;
         let policy = self.policy_of(tx, row.restaurant_id).await?;
         o.policy_version = Some(policy.version);
+        if let Some(owner) = &row.owner {
+            let (confirmed, retry_after_secs) = store::recent_confirms(tx, row.restaurant_id, owner).await?;
+            if confirmed >= u32::from(policy.guest_limits.max_confirms_per_hour) {
+                return Err(HoldsError::TooManyConfirms { retry_after_secs });
+            }
+        }
         let (seated, blocked) = row.windows()?;
         Ok(Load::Live(Box::new(Loaded { row, meta, policy, seated, blocked })))
     }

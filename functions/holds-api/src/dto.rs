@@ -5,6 +5,7 @@
 use crate::error::HoldsError;
 use chrono::{DateTime, Utc};
 use holdfast_shared::allocator::PartySize;
+use holdfast_shared::guest::{GuestName, GuestNotes, GuestPhone, GuestTextError};
 use holdfast_shared::ids::{RestaurantId, TableId};
 use serde::Deserialize;
 
@@ -49,13 +50,15 @@ pub struct GuestBody {
     pub notes: Option<String>,
 }
 
-/// Guest details, validated. PII: stored in `bookings` only, never logged or put in events.
+/// Guest details, validated. PII: stored in `bookings` only, never logged or put in events
+/// (each field's `Debug` redacts). Name and notes reach an email: no control or bidi
+/// characters, no links (see `holdfast_shared::guest`).
 #[derive(Clone)]
 pub struct Guest {
-    pub name: String,
+    pub name: GuestName,
     pub email: String,
-    pub phone: Option<String>,
-    pub notes: Option<String>,
+    pub phone: Option<GuestPhone>,
+    pub notes: Option<GuestNotes>,
 }
 
 impl std::fmt::Debug for Guest {
@@ -70,29 +73,19 @@ impl std::fmt::Debug for GuestBody {
     }
 }
 
+fn guest_field(field: &'static str) -> impl Fn(GuestTextError) -> HoldsError {
+    move |e| HoldsError::invalid(field, e.to_string())
+}
+
 impl GuestBody {
     pub fn parse(self) -> Result<Guest, HoldsError> {
-        let name = self.name.trim().to_string();
-        if name.is_empty() || name.chars().count() > 200 {
-            return Err(HoldsError::invalid("guest.name", "must be 1 to 200 characters"));
-        }
+        let name = GuestName::parse(&self.name).map_err(guest_field("guest.name"))?;
         let email = self.email.trim().to_string();
         if !holdfast_shared::email::plausible_address(&email) {
             return Err(HoldsError::invalid("guest.email", "must be an email address"));
         }
-        let phone = match self.phone.map(|p| p.trim().to_string()).filter(|p| !p.is_empty()) {
-            None => None,
-            Some(p) if p.len() <= 32 && p.chars().all(|c| c.is_ascii_digit() || " +-()".contains(c)) => Some(p),
-            Some(_) => {
-                return Err(HoldsError::invalid("guest.phone", "must be digits, spaces and + - ( ) (at most 32)"))
-            }
-        };
-        let notes = match self.notes.map(|n| n.trim().to_string()).filter(|n| !n.is_empty()) {
-            Some(n) if n.chars().count() > 1000 => {
-                return Err(HoldsError::invalid("guest.notes", "must be at most 1000 characters"));
-            }
-            other => other,
-        };
+        let phone = GuestPhone::parse(self.phone.as_deref()).map_err(guest_field("guest.phone"))?;
+        let notes = GuestNotes::parse(self.notes.as_deref()).map_err(guest_field("guest.notes"))?;
         Ok(Guest { name, email, phone, notes })
     }
 }
@@ -138,6 +131,6 @@ mod tests {
         let shown = format!("{b:?} {:?}", ConfirmBody { guest: body("ada@example.com") });
         assert!(!shown.contains("Ada") && !shown.contains("ada@") && !shown.contains("window"), "{shown}");
         let g = b.parse().expect("valid");
-        assert!(!format!("{g:?}").contains("Ada"));
+        assert!(!format!("{g:?}").contains("Ada") && !format!("{g:?}").contains("ada@"));
     }
 }

@@ -27,6 +27,12 @@ pub enum HoldsError {
     MetadataIncomplete { missing: Vec<&'static str> },
     #[error("idempotency key reused with a different request")]
     IdempotencyMismatch,
+    /// The guest already has the policy's maximum of live holds at this restaurant.
+    #[error("too many live holds")]
+    TooManyHolds { retry_after_secs: u32 },
+    /// The guest confirmed the policy's maximum of bookings here in the last hour.
+    #[error("too many confirmations")]
+    TooManyConfirms { retry_after_secs: u32 },
     /// Strict conflicts are on but the database does not enforce the constraint: fail safe.
     #[error("conflict enforcement unverified")]
     EnforcementUnverified,
@@ -50,6 +56,8 @@ impl HoldsError {
             Self::HoldNotLive { .. } => "hold_not_live",
             Self::MetadataIncomplete { .. } => "metadata_incomplete",
             Self::IdempotencyMismatch => "idempotency_key_reused",
+            Self::TooManyHolds { .. } => "too_many_live_holds",
+            Self::TooManyConfirms { .. } => "confirm_rate_limited",
             Self::EnforcementUnverified => "strict_constraint_missing",
             Self::Db(DbFault::Serialization) => "serialization_failure",
             Self::Db(f) if f.is_retriable() => "database_unavailable",

@@ -7,11 +7,12 @@ use crate::error::HoldsError;
 use crate::idempotency::{self, Idempotency, NextAction};
 use crate::observe::Observed;
 use crate::outcome::{HoldCreated, Reply};
-use crate::service::{no_table, settings, HoldsService};
+use crate::service::{may_book_at, no_table, settings, HoldsService};
 use crate::store::{self, NewHold};
 use deadpool_postgres::Transaction;
 use holdfast_adapters::db::{constraints, DbFault};
 use holdfast_shared::allocator::{self, QuoteRejection, QuoteRequest, Selection};
+use holdfast_shared::auth::{Action, Caller, Subject};
 use holdfast_shared::events::{EventType, Operation, Outcome, StrictMode};
 use holdfast_shared::flags::FlagSet;
 use holdfast_shared::hold::{HoldState, HoldStatus, HoldTtl};
@@ -26,6 +27,7 @@ const MAX_SERIALIZATION_RETRIES: u8 = 3;
 /// Everything a hold attempt needs, decided once per request.
 struct HoldPlan {
     restaurant: RestaurantId,
+    owner: Subject,
     req: QuoteRequest,
     requested: Option<Vec<TableId>>,
     flags: Arc<FlagSet>,
@@ -40,17 +42,26 @@ enum Step {
 }
 
 impl HoldsService {
-    pub async fn hold(&self, body: HoldBody, idem: Option<Idempotency>) -> Result<Reply<HoldCreated>, HoldsError> {
+    pub async fn hold(
+        &self,
+        caller: &Caller,
+        body: HoldBody,
+        idem: Option<Idempotency>,
+    ) -> Result<Reply<HoldCreated>, HoldsError> {
         let mut o = Observed::new(Operation::Hold);
         o.restaurant = Some(body.restaurant_id);
         o.party = Some(body.party_size);
-        let result = self.hold_inner(&mut o, body, idem.as_ref()).await;
+        let result = match may_book_at(caller, Action::HoldCreate, body.restaurant_id) {
+            Ok(()) => self.hold_inner(&mut o, caller, body, idem.as_ref()).await,
+            Err(e) => Err(e),
+        };
         self.finish(&o, EventType::HoldCreated, result).await
     }
 
     async fn hold_inner(
         &self,
         o: &mut Observed,
+        caller: &Caller,
         body: HoldBody,
         idem: Option<&Idempotency>,
     ) -> Result<Reply<HoldCreated>, HoldsError> {
@@ -64,7 +75,8 @@ impl HoldsService {
         let mode = rollout::strict_mode(flags.strict_conflicts(), flags.strict_rollout_percent(), body.restaurant_id);
         o.mode = Some(mode);
         let ttl = HoldTtl::from_secs(flags.hold_ttl_seconds()).unwrap_or(HoldTtl::DEFAULT);
-        let plan = HoldPlan { restaurant: body.restaurant_id, req, requested, flags, mode, ttl };
+        let owner = caller.subject.clone();
+        let plan = HoldPlan { restaurant: body.restaurant_id, owner, req, requested, flags, mode, ttl };
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -95,13 +107,19 @@ impl HoldsService {
         let hold_id = HoldId::new_random();
         o.hold = Some(hold_id);
         let tx = c.transaction().await?;
-        match write_hold(&tx, plan, hold_id, &selection, idem).await {
-            Ok((held, shadow_conflict)) => {
+        let max_live = policy.guest_limits.max_live_holds;
+        match write_hold(&tx, plan, hold_id, &selection, idem, max_live).await {
+            Ok(Some((held, shadow_conflict))) => {
                 tx.commit().await?;
                 if shadow_conflict {
                     self.record_shadow_conflict(plan, hold_id).await;
                 }
                 Ok(Step::Done(Reply::Fresh(held)))
+            }
+            Ok(None) => {
+                drop(tx);
+                let retry_after_secs = store::live_hold_retry_after(&c, plan.restaurant, &plan.owner).await?;
+                Err(HoldsError::TooManyHolds { retry_after_secs })
             }
             Err(fault) => {
                 drop(tx);
@@ -179,7 +197,8 @@ async fn write_hold(
     hold_id: HoldId,
     selection: &Selection,
     idem: Option<&Idempotency>,
-) -> Result<(HoldCreated, bool), DbFault> {
+    max_live_holds: u8,
+) -> Result<Option<(HoldCreated, bool)>, DbFault> {
     let snapshot = selection.snapshot_json();
     let new = NewHold {
         id: hold_id,
@@ -196,8 +215,11 @@ async fn write_hold(
         table_ids: &selection.table_ids,
         snapshot: &snapshot,
         booking_id: None,
+        owner: Some(&plan.owner),
     };
-    let expires_at = store::hold_write(tx, &new, plan.mode == StrictMode::Enforced).await?;
+    let Some(expires_at) = store::hold_write(tx, &new, plan.mode == StrictMode::Enforced, max_live_holds).await? else {
+        return Ok(None);
+    };
     let shadow_conflict = plan.mode == StrictMode::Shadow
         && store::shadow_overlap(tx, hold_id, &selection.table_ids, &selection.blocked).await?;
     let held = HoldCreated {
@@ -215,5 +237,5 @@ async fn write_hold(
         policy_hash: selection.policy_hash.clone(),
     };
     idempotency::save(tx, idem, &held).await?;
-    Ok((held, shadow_conflict))
+    Ok(Some((held, shadow_conflict)))
 }

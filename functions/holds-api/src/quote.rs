@@ -5,17 +5,26 @@ use crate::dto::{self, QuoteBody};
 use crate::error::HoldsError;
 use crate::observe::Observed;
 use crate::outcome::Quoted;
-use crate::service::HoldsService;
+use crate::service::{may_book_at, HoldsService};
 use holdfast_shared::allocator::QuoteRequest;
+use holdfast_shared::auth::{Action, Caller};
 use holdfast_shared::events::{EventType, Operation};
 use holdfast_shared::ids::RestaurantId;
 
 impl HoldsService {
-    pub async fn quote(&self, restaurant: RestaurantId, body: QuoteBody) -> Result<Quoted, HoldsError> {
+    pub async fn quote(
+        &self,
+        caller: &Caller,
+        restaurant: RestaurantId,
+        body: QuoteBody,
+    ) -> Result<Quoted, HoldsError> {
         let mut o = Observed::new(Operation::Quote);
         o.restaurant = Some(restaurant);
         o.party = Some(body.party_size);
-        let result = self.quote_inner(&mut o, restaurant, body).await;
+        let result = match may_book_at(caller, Action::Quote, restaurant) {
+            Ok(()) => self.quote_inner(&mut o, restaurant, body).await,
+            Err(e) => Err(e),
+        };
         self.finish(&o, EventType::QuoteCompleted, result).await
     }
 

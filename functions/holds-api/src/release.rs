@@ -4,24 +4,26 @@
 use crate::error::HoldsError;
 use crate::observe::Observed;
 use crate::outcome::Released;
-use crate::service::HoldsService;
+use crate::service::{may_act_on, HoldsService};
 use crate::store;
+use holdfast_shared::auth::{Action, Caller};
 use holdfast_shared::events::{EventType, Operation};
 use holdfast_shared::hold::{HoldState, HoldStatus};
 use holdfast_shared::ids::HoldId;
 
 impl HoldsService {
-    pub async fn release(&self, hold: HoldId) -> Result<Released, HoldsError> {
+    pub async fn release(&self, caller: &Caller, hold: HoldId) -> Result<Released, HoldsError> {
         let mut o = Observed::new(Operation::Release);
         o.hold = Some(hold);
-        let result = self.release_inner(&mut o, hold).await;
+        let result = self.release_inner(&mut o, caller, hold).await;
         self.finish(&o, EventType::HoldReleased, result).await
     }
 
-    async fn release_inner(&self, o: &mut Observed, hold: HoldId) -> Result<Released, HoldsError> {
+    async fn release_inner(&self, o: &mut Observed, caller: &Caller, hold: HoldId) -> Result<Released, HoldsError> {
         let mut c = self.pool.get().await?;
         let tx = c.transaction().await?;
         let row = store::lock_hold(&tx, hold).await?.ok_or(HoldsError::NotFound("hold"))?;
+        may_act_on(caller, Action::HoldRelease, &row)?;
         o.restaurant = Some(row.restaurant_id);
         match row.status {
             HoldStatus::Confirmed => {

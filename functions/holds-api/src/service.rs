@@ -4,11 +4,13 @@
 //! bottom: load → pure domain decision → write → event.
 
 use crate::error::HoldsError;
+use crate::store::HoldRow;
 use chrono::{DateTime, Duration, Utc};
 use deadpool_postgres::{GenericClient, Pool};
 use holdfast_adapters::events::EventRecorder;
 use holdfast_adapters::flags::FlagLoader;
 use holdfast_shared::allocator::{self, AllocatorSettings, Alternative, QuoteRejection, QuoteRequest, Selection};
+use holdfast_shared::auth::{authorize, Action, Caller, Decision, Resource};
 use holdfast_shared::events::{EventContext, EventType, ObservabilityEvent, Severity, Source};
 use holdfast_shared::flags::FlagSet;
 use holdfast_shared::ids::{RestaurantId, TableId};
@@ -38,6 +40,24 @@ pub(crate) fn probe_window(start: DateTime<Utc>) -> Result<Window, HoldsError> {
         .checked_add_signed(Duration::hours(4))
         .and_then(|end| Window::new(start, end).ok())
         .ok_or_else(|| HoldsError::invalid("start", "is outside the range of supported times"))
+}
+
+/// The authorization table on a hold: anything but Allow is "no such hold", so a stranger
+/// cannot even learn that it exists.
+pub(crate) fn may_act_on(caller: &Caller, action: Action, row: &HoldRow) -> Result<(), HoldsError> {
+    let resource = Resource::Owned { restaurant: row.restaurant_id, owner: row.owner.as_ref() };
+    match authorize(caller, action, &resource) {
+        Decision::Allow => Ok(()),
+        Decision::NotFound | Decision::Forbidden => Err(HoldsError::NotFound("hold")),
+    }
+}
+
+/// The authorization table on a restaurant's booking surface (quote, new hold).
+pub(crate) fn may_book_at(caller: &Caller, action: Action, restaurant: RestaurantId) -> Result<(), HoldsError> {
+    match authorize(caller, action, &Resource::Restaurant(restaurant)) {
+        Decision::Allow => Ok(()),
+        Decision::NotFound | Decision::Forbidden => Err(HoldsError::NotFound("restaurant")),
+    }
 }
 
 /// "No table fits" as an answer, with the alternatives the allocator finds.

@@ -8,6 +8,8 @@ use crate::idempotency::Idempotency;
 use crate::outcome::Reply;
 use crate::service::HoldsService;
 use holdfast_adapters::http::{self, Problem};
+use holdfast_adapters::identity;
+use holdfast_shared::auth::Caller;
 use holdfast_shared::ids::{HoldId, RestaurantId};
 use lambda_http::http::{Method, StatusCode};
 use lambda_http::{Body, Request, Response};
@@ -26,30 +28,40 @@ async fn route(svc: &HoldsService, req: &Request) -> Result<Response<Body>, Prob
     let path = req.uri().path().trim_end_matches('/');
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let method = req.method();
+    let known =
+        matches!(segs.as_slice(), ["restaurants", _, "quotes"] | ["holds"] | ["holds", _] | ["holds", _, "confirm"]);
+    // Deny by default: every route needs the authorizer's identity (the gateway refuses a
+    // request without one first; this is the function checking again).
+    let caller = match identity::caller(req) {
+        Some(c) => c,
+        None if known => return Err(Problem::new(StatusCode::UNAUTHORIZED, "unauthenticated", "sign in first")),
+        None => return Err(Problem::new(StatusCode::NOT_FOUND, "route_not_found", "no such route")),
+    };
+    let who = &caller;
     match segs.as_slice() {
         ["restaurants", id, "quotes"] if method == Method::POST => {
             let restaurant: RestaurantId = path_id(id, "restaurant_id")?;
             let body = http::parse_json(http::body_bytes(req))?;
-            Ok(ok(StatusCode::OK, &svc.quote(restaurant, body).await.map_err(problem::from)?))
+            Ok(ok(StatusCode::OK, &svc.quote(who, restaurant, body).await.map_err(problem::from)?))
         }
         ["holds"] if method == Method::POST => {
             let body = http::parse_json(http::body_bytes(req))?;
-            let idem = idempotency(req, "POST /holds", StatusCode::CREATED)?;
-            Ok(reply(StatusCode::CREATED, svc.hold(body, idem).await.map_err(problem::from)?))
+            let idem = idempotency(req, who, "POST /holds", StatusCode::CREATED)?;
+            Ok(reply(StatusCode::CREATED, svc.hold(who, body, idem).await.map_err(problem::from)?))
         }
         ["holds", id] if method == Method::GET => {
-            let view = svc.get(path_id::<HoldId>(id, "hold_id")?).await.map_err(problem::from)?;
+            let view = svc.get(who, path_id::<HoldId>(id, "hold_id")?).await.map_err(problem::from)?;
             Ok(ok(StatusCode::OK, &view))
         }
         ["holds", id] if method == Method::DELETE => {
-            let released = svc.release(path_id::<HoldId>(id, "hold_id")?).await.map_err(problem::from)?;
+            let released = svc.release(who, path_id::<HoldId>(id, "hold_id")?).await.map_err(problem::from)?;
             Ok(ok(StatusCode::OK, &released))
         }
         ["holds", id, "confirm"] if method == Method::POST => {
             let hold: HoldId = path_id(id, "hold_id")?;
             let body = http::parse_json(http::body_bytes(req))?;
-            let idem = idempotency(req, "POST /holds/{id}/confirm", StatusCode::OK)?;
-            Ok(reply(StatusCode::OK, svc.confirm(hold, body, idem).await.map_err(problem::from)?))
+            let idem = idempotency(req, who, "POST /holds/{id}/confirm", StatusCode::OK)?;
+            Ok(reply(StatusCode::OK, svc.confirm(who, hold, body, idem).await.map_err(problem::from)?))
         }
         ["restaurants", _, "quotes"] | ["holds"] | ["holds", _] | ["holds", _, "confirm"] => Err(Problem::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -78,13 +90,17 @@ fn path_id<T: FromStr>(raw: &str, field: &'static str) -> Result<T, Problem> {
 }
 
 /// The Idempotency-Key header, scoped to the route and the caller, with a hash of the request.
-fn idempotency(req: &Request, scope: &str, success: StatusCode) -> Result<Option<Idempotency>, Problem> {
+fn idempotency(
+    req: &Request,
+    caller: &Caller,
+    scope: &str,
+    success: StatusCode,
+) -> Result<Option<Idempotency>, Problem> {
     let Some(v) = req.headers().get("idempotency-key") else { return Ok(None) };
     let key = v.to_str().unwrap_or("").trim();
     if key.is_empty() || key.len() > 200 || !key.chars().all(|c| c.is_ascii_graphic()) {
         return Err(Problem::validation("Idempotency-Key", "must be 1 to 200 printable ASCII characters"));
     }
-    let caller = http::caller(req).unwrap_or_else(|| "anonymous".into());
     let mut h = Sha256::new();
     h.update(req.method().as_str().as_bytes());
     h.update(b" ");
@@ -92,7 +108,7 @@ fn idempotency(req: &Request, scope: &str, success: StatusCode) -> Result<Option
     h.update(b"\n");
     h.update(http::body_bytes(req));
     Ok(Some(Idempotency {
-        scope: format!("{scope}|{caller}"),
+        scope: format!("{scope}|{}", caller.subject),
         key: key.to_string(),
         request_hash: format!("{:x}", h.finalize()),
         success_status: success.as_u16(),

@@ -34,6 +34,18 @@ pub(super) fn from(e: HoldsError) -> Problem {
             "this Idempotency-Key was used with a different request",
         )
         .field("Idempotency-Key"),
+        HoldsError::TooManyHolds { retry_after_secs } => Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            code,
+            "you already hold the most tables this restaurant allows at once; confirm or release one",
+        )
+        .retry_after(retry_after_secs),
+        HoldsError::TooManyConfirms { retry_after_secs } => Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            code,
+            "you have confirmed the most bookings this restaurant allows in an hour",
+        )
+        .retry_after(retry_after_secs),
         HoldsError::EnforcementUnverified => Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             code,

@@ -83,6 +83,7 @@ pub(super) async fn requote_and_book(
         table_ids: &sel.table_ids,
         snapshot: &snapshot,
         booking_id: Some(booking),
+        owner: row.owner.as_ref(),
     };
     store::insert_hold(tx, &replacement).await?;
     store::set_hold_released(tx, row.id, Some(new_hold)).await?;
@@ -127,10 +128,11 @@ async fn insert_booking(
         restaurant: l.row.restaurant_id,
         party_size: l.row.party_size,
         seated,
-        guest_name: &guest.name,
+        guest_name: guest.name.as_str(),
         guest_email: &guest.email,
-        guest_phone: guest.phone.as_deref(),
-        guest_notes: guest.notes.as_deref(),
+        guest_phone: guest.phone.as_ref().map(|p| p.as_str()),
+        guest_notes: guest.notes.as_ref().map(|n| n.as_str()),
+        owner: l.row.owner.as_ref(),
     };
     store::insert_booking(tx, &b).await
 }

@@ -5,6 +5,7 @@ use super::{sorted_uuids, uuids};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use holdfast_adapters::db::DbFault;
+use holdfast_shared::auth::Subject;
 use holdfast_shared::events::StrictMode;
 use holdfast_shared::hold::{HoldMetadata, HoldStatus};
 use holdfast_shared::ids::{BookingId, HoldId, RestaurantId, TableId};
@@ -31,6 +32,8 @@ pub struct HoldRow {
     pub selection_snapshot: Option<Value>,
     pub booking_id: Option<BookingId>,
     pub replaced_by: Option<HoldId>,
+    /// Who created the hold; `None` for holds written before owners were stored.
+    pub owner: Option<Subject>,
     /// The database's clock when the row was read: expiry is judged by one clock.
     pub db_now: DateTime<Utc>,
 }
@@ -57,12 +60,14 @@ impl HoldRow {
 }
 
 const HOLD_COLUMNS: &str = "id, restaurant_id, party_size, starts_at, ends_at, lower(blocked), upper(blocked), status,
-     strict_mode, expires_at, policy_version, policy_hash, table_ids, selection_snapshot, booking_id, replaced_by, now()";
+     strict_mode, expires_at, policy_version, policy_hash, table_ids, selection_snapshot, booking_id, replaced_by, now(), owner_subject";
 
 fn hold_from_row(r: &tokio_postgres::Row) -> Result<HoldRow, DbFault> {
     let status: &str = r.get(7);
     let mode: &str = r.get(8);
     let table_ids: Vec<Uuid> = r.get(12);
+    let owner: Option<&str> = r.get(17);
+    let owner = owner.map(Subject::parse).transpose().map_err(|e| DbFault::Other(format!("stored owner: {e}")))?;
     Ok(HoldRow {
         id: HoldId(r.get(0)),
         restaurant_id: RestaurantId(r.get(1)),
@@ -81,6 +86,7 @@ fn hold_from_row(r: &tokio_postgres::Row) -> Result<HoldRow, DbFault> {
         booking_id: r.get::<_, Option<Uuid>>(14).map(BookingId),
         replaced_by: r.get::<_, Option<Uuid>>(15).map(HoldId),
         db_now: r.get(16),
+        owner,
     })
 }
 
@@ -111,6 +117,7 @@ pub struct NewHold<'a> {
     pub table_ids: &'a [TableId],
     pub snapshot: &'a Value,
     pub booking_id: Option<BookingId>,
+    pub owner: Option<&'a Subject>,
 }
 
 /// Insert a hold row (no claims); returns its expiry (database clock).
@@ -118,16 +125,18 @@ pub async fn insert_hold<C: GenericClient>(c: &C, h: &NewHold<'_>) -> Result<Dat
     let stmt = c
         .prepare_cached(
             "INSERT INTO holds (id, restaurant_id, party_size, starts_at, ends_at, blocked, status, strict_mode,
-                                expires_at, policy_version, policy_hash, table_ids, selection_snapshot, booking_id)
+                                expires_at, policy_version, policy_hash, table_ids, selection_snapshot, booking_id,
+                                owner_subject)
              VALUES ($1, $2, $3, $4, $5, tstzrange($6, $7, '[)'), $8, $9,
-                     COALESCE($10, now() + make_interval(secs => $11)), $12, $13, $14, $15, $16)
+                     COALESCE($10, now() + make_interval(secs => $11)), $12, $13, $14, $15, $16, $17)
              RETURNING expires_at",
         )
         .await?;
     let (id, restaurant, tables) = (h.id.as_uuid(), h.restaurant.as_uuid(), uuids(h.table_ids));
     let (status, mode, ttl, booking) =
         (h.status.as_str(), h.strict_mode.as_str(), f64::from(h.ttl_secs), h.booking_id.map(|b| b.as_uuid()));
-    let params: [&(dyn ToSql + Sync); 16] = [
+    let owner = h.owner.map(Subject::as_str);
+    let params: [&(dyn ToSql + Sync); 17] = [
         &id,
         &restaurant,
         &h.party_size,
@@ -144,27 +153,45 @@ pub async fn insert_hold<C: GenericClient>(c: &C, h: &NewHold<'_>) -> Result<Dat
         &tables,
         &h.snapshot,
         &booking,
+        &owner,
     ];
     Ok(c.query_one(&stmt, &params).await?.get(0))
 }
 
-/// The hold write path in one flight: lock the tables (id order), prune expired holds on
-/// them, then insert the hold and its claims in one statement (a data-modifying CTE, so the
-/// merged selection is still all-or-nothing). The three statements are pipelined on the
-/// transaction's connection: prepared first, then sent in order on their first poll, so the
-/// server runs them in exactly the sequential order while the client waits once instead of
-/// three times (this is what lifts the handler toward pgbench's rate; BENCHMARKS.md).
-/// Returns the hold's expiry (database clock). Errors are reported in statement order.
-pub async fn hold_write<C: GenericClient>(c: &C, h: &NewHold<'_>, exclusive: bool) -> Result<DateTime<Utc>, DbFault> {
-    let (lock, prune, insert) = tokio::try_join!(
+/// Serialise one guest's writes at one restaurant (transaction-scoped, so a pooler can
+/// multiplex): the live-hold and confirm-rate counts that follow cannot be raced past.
+pub(super) const LOCK_GUEST_SQL: &str =
+    "SELECT pg_advisory_xact_lock(hashtextextended($1::uuid::text || '|' || $2::text, 0))";
+
+/// The hold write path in one flight: lock the guest, lock the tables (id order), prune expired
+/// holds on them, then insert the hold and its claims in one statement (a data-modifying CTE,
+/// so the merged selection is still all-or-nothing) unless the guest already has
+/// `max_live_holds` live holds here. The statements are pipelined on the transaction's
+/// connection: prepared first, then sent in order on their first poll, so the server runs them
+/// in exactly the sequential order while the client waits once (BENCHMARKS.md).
+/// Returns the hold's expiry (database clock), or `None` when the guest is at the limit.
+/// Errors are reported in statement order.
+pub async fn hold_write<C: GenericClient>(
+    c: &C,
+    h: &NewHold<'_>,
+    exclusive: bool,
+    max_live_holds: u8,
+) -> Result<Option<DateTime<Utc>>, DbFault> {
+    let (guest, lock, prune, insert) = tokio::try_join!(
+        c.prepare_cached(LOCK_GUEST_SQL),
         c.prepare_cached(LOCK_TABLES_SQL),
         c.prepare_cached(PRUNE_EXPIRED_SQL),
         c.prepare_cached(
             "WITH h AS (
                INSERT INTO holds (id, restaurant_id, party_size, starts_at, ends_at, blocked, status, strict_mode,
-                                  expires_at, policy_version, policy_hash, table_ids, selection_snapshot)
-               VALUES ($1, $2, $3, $4, $5, tstzrange($6, $7, '[)'), $8, $9,
-                       now() + make_interval(secs => $10), $11, $12, $13, $14)
+                                  expires_at, policy_version, policy_hash, table_ids, selection_snapshot, owner_subject)
+               SELECT $1::uuid, $2::uuid, $3::smallint, $4::timestamptz, $5::timestamptz,
+                      tstzrange($6::timestamptz, $7::timestamptz, '[)'), $8::text, $9::text,
+                      now() + make_interval(secs => $10::float8), $11::int, $12::text, $13::uuid[], $14::jsonb, $17::text
+                WHERE $17::text IS NULL
+                   OR (SELECT count(*) FROM holds
+                        WHERE restaurant_id = $2 AND owner_subject = $17 AND status = 'held' AND expires_at > now())
+                      < $18::int
                RETURNING id, expires_at, blocked
              ), c AS (
                INSERT INTO table_claims (restaurant_id, table_id, kind, hold_id, during, expires_at, exclusive)
@@ -181,9 +208,12 @@ pub async fn hold_write<C: GenericClient>(c: &C, h: &NewHold<'_>, exclusive: boo
     let (blocked_start, blocked_end) = (h.blocked.start(), h.blocked.end());
     let (id, restaurant, seated_start, seated_end) =
         (h.id.as_uuid(), h.restaurant.as_uuid(), h.seated.start(), h.seated.end());
+    let (owner, max) = (h.owner.map(Subject::as_str), i32::from(max_live_holds));
+    let guest_key = owner.unwrap_or("");
+    let guest_params: [&(dyn ToSql + Sync); 2] = [&restaurant, &guest_key];
     let lock_params: [&(dyn ToSql + Sync); 1] = [&sorted];
     let prune_params: [&(dyn ToSql + Sync); 3] = [&sorted, &blocked_start, &blocked_end];
-    let insert_params: [&(dyn ToSql + Sync); 16] = [
+    let insert_params: [&(dyn ToSql + Sync); 18] = [
         &id,
         &restaurant,
         &h.party_size,
@@ -200,17 +230,37 @@ pub async fn hold_write<C: GenericClient>(c: &C, h: &NewHold<'_>, exclusive: boo
         &h.snapshot,
         &exclusive,
         &sorted,
+        &owner,
+        &max,
     ];
     // join!, not try_join!: every response is awaited, then the first error in statement order
     // wins (a later statement only fails with "transaction aborted" because of it).
-    let (locked, pruned, inserted) = tokio::join!(
+    let (guest_locked, locked, pruned, inserted) = tokio::join!(
+        c.query(&guest, &guest_params),
         c.query(&lock, &lock_params),
         c.execute(&prune, &prune_params),
-        c.query_one(&insert, &insert_params),
+        c.query_opt(&insert, &insert_params),
     );
+    guest_locked?;
     locked?;
     pruned?;
-    Ok(inserted?.get(0))
+    Ok(inserted?.map(|r| r.get(0)))
+}
+
+/// Seconds until the guest's earliest live hold here expires (when a new one may be taken).
+pub async fn live_hold_retry_after<C: GenericClient>(
+    c: &C,
+    restaurant: RestaurantId,
+    owner: &Subject,
+) -> Result<u32, DbFault> {
+    let stmt = c
+        .prepare_cached(
+            "SELECT GREATEST(1, ceil(extract(epoch FROM min(expires_at) - now())))::int FROM holds
+              WHERE restaurant_id = $1 AND owner_subject = $2 AND status = 'held' AND expires_at > now()",
+        )
+        .await?;
+    let secs: Option<i32> = c.query_one(&stmt, &[&restaurant.as_uuid(), &owner.as_str()]).await?.get(0);
+    Ok(secs.map_or(1, |s| s.max(1) as u32))
 }
 
 pub async fn set_hold_confirmed<C: GenericClient>(c: &C, hold: HoldId, booking: BookingId) -> Result<(), DbFault> {

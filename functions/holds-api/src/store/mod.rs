@@ -9,10 +9,11 @@ mod holds;
 mod idempotency;
 mod policy;
 
-pub use bookings::{insert_booking, NewBooking};
+pub use bookings::{insert_booking, recent_confirms, NewBooking};
 pub use claims::{busy, deactivate_hold_claims, insert_booking_claims, lock_tables, prune_expired, shadow_overlap};
 pub use holds::{
-    get_hold, hold_write, insert_hold, lock_hold, set_hold_confirmed, set_hold_released, HoldRow, NewHold,
+    get_hold, hold_write, insert_hold, live_hold_retry_after, lock_hold, set_hold_confirmed, set_hold_released,
+    HoldRow, NewHold,
 };
 pub use idempotency::{idempotency_lookup, idempotency_save, StoredResponse};
 pub use policy::{current_policy, publish_policy, verify_enforcement};
