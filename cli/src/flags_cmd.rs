@@ -41,6 +41,16 @@ pub enum FlagsCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Time the runbook's prod kill-switch procedure end to end (docs/runbooks/feature-flags.md,
+    /// "Kill switch"): one ops member's break-glass through the flag approver's handler until a
+    /// warm holds-API flag cache (30 s TTL, just refreshed: the worst case) serves strict
+    /// conflicts off; then the reviewer's acknowledgement. Uses a throwaway database
+    /// (`holdfast_flags_drill`, recreated) and a throwaway SSM root on the configured SSM.
+    KillSwitchDrill {
+        /// Repetitions; each is reported, then the median.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// Measure cached flag evaluation (FlagLoader::get warm, typed getters) and SSM calls per
     /// warm call, against the configured SSM (the emulator locally).
     Bench {
@@ -75,6 +85,7 @@ pub async fn run(cmd: FlagsCmd) -> Res {
         }
         FlagsCmd::Matrix { json } => matrix(json).await,
         FlagsCmd::Bench { iterations, runs } => bench(iterations, runs.max(1)).await,
+        FlagsCmd::KillSwitchDrill { runs } => kill_switch_drill(runs.max(1)).await,
     }
 }
 
@@ -266,5 +277,125 @@ async fn bench(iterations: u32, runs: usize) -> Res {
     println!("  typed getter (FlagSet::hold_ttl_seconds)           {getter:>10.1} ns");
     println!("  per invocation: get + 3 typed getters              {both:>10.1} ns");
     println!("  SSM calls during {warm_invocations} warm invocations:   {warm_calls}  (per warm invocation: {:.6}; target 0)", warm_calls as f64 / warm_invocations as f64);
+    Ok(())
+}
+
+const DRILL_DB: &str = "holdfast_flags_drill";
+
+/// A request as API Gateway hands it to the flag approver; `who` is a dev token
+/// `sub;groups=a,b`, turned into the claims `sub` and `groups` as the local gateway does.
+fn drill_request(method: &str, path: &str, body: &str, who: &str) -> Result<lambda_http::Request, String> {
+    use lambda_http::http::{header, HeaderMap, HeaderValue, Method};
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let method = Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
+    let ev = holdfast_adapters::http::apigw_v2_http_request(method, path, "", &headers, body, Some(who));
+    holdfast_adapters::http::lambda_request(&ev).map_err(|e| e.to_string())
+}
+
+async fn drill_call(
+    svc: &flag_approver::FlagApprover,
+    method: &str,
+    path: &str,
+    body: &str,
+    who: &str,
+) -> Res<(u16, serde_json::Value)> {
+    let resp = flag_approver::api::handle(svc, drill_request(method, path, body, who)?).await;
+    let status = resp.status().as_u16();
+    let v = match resp.body() {
+        lambda_http::Body::Text(t) => serde_json::from_str(t)?,
+        lambda_http::Body::Binary(b) => serde_json::from_slice(b)?,
+        _ => serde_json::Value::Null,
+    };
+    Ok((status, v))
+}
+
+/// See [`FlagsCmd::KillSwitchDrill`].
+async fn kill_switch_drill(runs: usize) -> Res {
+    let base = std::env::var("DATABASE_URL")?;
+    let admin = holdfast_adapters::db::pool_from_url(&base, 1)?;
+    {
+        let c = admin.get().await?;
+        c.batch_execute(&format!("DROP DATABASE IF EXISTS {DRILL_DB}")).await?;
+        c.batch_execute(&format!("CREATE DATABASE {DRILL_DB}")).await?;
+    }
+    let pool = holdfast_adapters::db::pool_from_url(&holdfast_adapters::db::replace_dbname(&base, DRILL_DB), 4)?;
+    holdfast_adapters::db::migrate(&pool).await?;
+    let sdk = holdfast_adapters::aws::sdk_config().await;
+    let client = aws_sdk_ssm::Client::new(&sdk);
+    let ops = "olga;groups=holdfast-ops";
+    let reviewer = "amir;groups=holdfast-flag-approvers";
+    let mut effective_s = Vec::new();
+    println!(
+        "kill-switch drill: prod strict conflicts off by break-glass; holds-API flag cache TTL {} s",
+        holds_api::FLAG_TTL.as_secs()
+    );
+    for run in 1..=runs {
+        let root = format!("/holdfast-drill/{}", uuid::Uuid::new_v4().simple());
+        let svc = flag_approver::FlagApprover::new(pool.clone(), SsmFlags::new(client.clone(), root.clone())?);
+        let prefix = format!("{root}/prod");
+        // A warm holds-API container that has just refreshed its flags: the longest wait.
+        let holds = FlagLoader::new(client.clone(), Environment::Prod, prefix.clone(), holds_api::FLAG_TTL);
+        if !holds.get().await.set.strict_conflicts() {
+            return Err("strict conflicts should start on".into());
+        }
+        let t0 = Instant::now();
+        // Step 1: look at the matrix (strict conflicts on in prod).
+        let (s, _) = drill_call(&svc, "GET", "/flags/matrix", "", ops).await?;
+        let t_matrix = t0.elapsed();
+        // Step 2: break-glass, one request, one person.
+        let body = serde_json::json!({
+            "environment": "prod",
+            "changes": [
+                { "flag": flags::names::HOLDS_STRICT_CONFLICTS, "value": false },
+                { "flag": flags::names::HOLDS_STRICT_CONFLICTS_KILL_SWITCH_REASON, "value": "DRILL false 409s, @olga" }
+            ],
+            "reason": "DRILL false 409s, @olga"
+        });
+        let (s2, p) = drill_call(&svc, "POST", "/flags/break-glass", &body.to_string(), ops).await?;
+        let t_applied = t0.elapsed();
+        if s != 200 || s2 != 201 || p["status"] != "applied" {
+            return Err(format!("drill failed: matrix {s}, break-glass {s2}: {p}").into());
+        }
+        // Step 3: the holds API serves it (poll the warm cache as a request would).
+        while holds.get().await.set.strict_conflicts() {
+            if t0.elapsed() > Duration::from_secs(120) {
+                return Err("the holds-API cache never saw the kill switch".into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let t_effective = t0.elapsed();
+        // Afterwards: the reviewer acknowledges (not part of the incident clock).
+        let id = p["id"].as_str().unwrap_or_default().to_string();
+        let r0 = Instant::now();
+        let (s3, _) = drill_call(&svc, "GET", "/flags/reviews", "", reviewer).await?;
+        let (s4, r) = drill_call(
+            &svc,
+            "POST",
+            &format!("/flags/reviews/{id}/acknowledge"),
+            r#"{"reason":"drill reviewed"}"#,
+            reviewer,
+        )
+        .await?;
+        let t_review = r0.elapsed();
+        if s3 != 200 || s4 != 200 || r["status"] != "acknowledged" {
+            return Err(format!("review failed: {s3} {s4}: {r}").into());
+        }
+        println!(
+            "  run {run}: matrix {:.1} ms, break-glass applied {:.1} ms, holds API serving it {:.2} s; review ack {:.1} ms",
+            t_matrix.as_secs_f64() * 1e3,
+            (t_applied - t_matrix).as_secs_f64() * 1e3,
+            t_effective.as_secs_f64(),
+            t_review.as_secs_f64() * 1e3
+        );
+        effective_s.push(t_effective.as_secs_f64());
+        for name in [flags::names::HOLDS_STRICT_CONFLICTS, flags::names::HOLDS_STRICT_CONFLICTS_KILL_SWITCH_REASON] {
+            let _ = client.delete_parameter().name(flags::ssm_parameter_name(&prefix, name)).send().await;
+        }
+    }
+    println!(
+        "median: {:.2} s from the first request to strict conflicts off in a warm holds-API container (target <= 60 s); people: 1 ops member, then 1 reviewer",
+        median(effective_s)
+    );
     Ok(())
 }

@@ -1,14 +1,14 @@
 //! Benchmark: hold throughput through the real handler vs pgbench running the same SQL on the
 //! same database, alternating rounds in one run; reports medians and the ratio.
 //!
-//! Each request holds one table on a day no other request uses, so every hold succeeds and the
-//! figure is the cost of the write path (policy read, table lock, expiry prune, hold + claim
+//! Each request holds one table in a window no other request uses, so every hold succeeds and
+//! the figure is the cost of the write path (policy read, table lock, expiry prune, hold + claim
 //! insert under the exclusion constraint, commit, observability event), not of contention.
 
 use crate::Res;
 use holdfast_adapters::flags::FlagLoader;
 use holdfast_shared::ids::RestaurantId;
-use holdfast_shared::policy::BookingPolicy;
+use holdfast_shared::policy::{BookingPolicy, ServiceHours, TurnTime, MAX_DAYS_AHEAD_LIMIT};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -70,7 +70,17 @@ pub async fn run(a: BenchArgs) -> Res {
     let pool = holdfast_adapters::db::pool_from_url(&url, a.clients + 2)?;
     holdfast_adapters::db::migrate(&pool).await?;
     let restaurant: RestaurantId = RESTAURANT.parse()?;
-    let policy = BookingPolicy::demo(1);
+    // Every hold needs a window of its own inside the booking horizon (no start in the past or
+    // more than MAX_DAYS_AHEAD_LIMIT days ahead): the bench policy is the demo floor plan open
+    // round the clock with 15-minute seatings and no buffer, so ~350 000 windows fit.
+    let mut policy = BookingPolicy::demo(1);
+    policy.booking_horizon.max_days_ahead = MAX_DAYS_AHEAD_LIMIT;
+    policy.service_hours =
+        (0..7).map(|weekday| ServiceHours { weekday, opens_minute: 0, closes_minute: 24 * 60 }).collect();
+    policy.turn_times = vec![TurnTime { max_party: policy.max_party_size, minutes: 15 }];
+    policy.buffer_minutes = 0;
+    let first_start =
+        (chrono::Utc::now() + chrono::Duration::days(1)).date_naive().and_time(chrono::NaiveTime::MIN).and_utc();
     {
         let c = pool.get().await?;
         holds_api::store::publish_policy(&c, restaurant, "Bench Bistro", &policy).await?;
@@ -105,11 +115,10 @@ pub async fn run(a: BenchArgs) -> Res {
                 let mut n = 0u64;
                 let mut errors = 0u64;
                 while Instant::now() < deadline {
-                    // A new day and a new guest each time: every hold succeeds (no conflict, and no
-                    // guest reaches the live-hold limit), like a reservation drop's many guests.
+                    // A new window and a new guest each time: every hold succeeds (no conflict, and
+                    // no guest reaches the live-hold limit), like a reservation drop's many guests.
                     let d = day.fetch_add(1, Ordering::Relaxed) as i64;
-                    let start = chrono::DateTime::parse_from_rfc3339("2031-01-01T19:00:00Z").map(|t| t.to_utc()).unwrap_or_default()
-                        + chrono::Duration::days(d);
+                    let start = first_start + chrono::Duration::minutes(15 * d);
                     let body = serde_json::json!({"restaurant_id": RESTAURANT, "party_size": table.min_party, "start": start, "table_ids": [table.id]}).to_string();
                     let ev = holdfast_adapters::http::apigw_v2_event("POST", "/holds", "", &[("content-type".into(), "application/json".into())], &body, Some(&format!("bench-guest-{d}")));
                     let req = match lambda_http::request::from_str(&ev.to_string()) {

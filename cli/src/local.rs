@@ -67,10 +67,12 @@ pub async fn run(listen: std::net::SocketAddr) -> Res {
         cfg.metrics_namespace
     );
     println!("  services        PostgreSQL and the AWS emulator: DATABASE_URL / AWS_ENDPOINT_URL in .local/env");
+    // The demo policy's booking horizon is the default (15 min .. 180 days ahead): a week out.
+    let example = (chrono::Utc::now() + chrono::Duration::days(7)).format("%Y-%m-%dT19:00:00Z");
     println!("try:");
     println!("  A='Authorization: Bearer dev:alice'; J='content-type: application/json'");
-    println!("  curl -s -H \"$A\" -H \"$J\" -d '{{\"party_size\":2,\"start\":\"2030-01-07T19:00:00Z\"}}' http://{listen}/restaurants/{DEMO_RESTAURANT}/quotes");
-    println!("  curl -s -H \"$A\" -H \"$J\" -d '{{\"restaurant_id\":\"{DEMO_RESTAURANT}\",\"party_size\":2,\"start\":\"2030-01-07T19:00:00Z\"}}' http://{listen}/holds");
+    println!("  curl -s -H \"$A\" -H \"$J\" -d '{{\"party_size\":2,\"start\":\"{example}\"}}' http://{listen}/restaurants/{DEMO_RESTAURANT}/quotes");
+    println!("  curl -s -H \"$A\" -H \"$J\" -d '{{\"restaurant_id\":\"{DEMO_RESTAURANT}\",\"party_size\":2,\"start\":\"{example}\"}}' http://{listen}/holds");
     println!("  curl -s -H \"$A\" -H \"$J\" -d '{{\"guest\":{{\"name\":\"Test Guest\",\"email\":\"guest@example.invalid\"}}}}' http://{listen}/holds/<hold_id>/confirm");
     println!("  curl -s -H 'Authorization: Bearer dev:olga;groups=holdfast-ops' http://{listen}/flags/matrix");
     println!("  ./target/debug/holdfast holds rush --flows 1000     # synthetic rush, in another terminal");

@@ -29,7 +29,7 @@
 use crate::ids::TableId;
 use crate::policy::{BookingPolicy, PolicyHash, TableSpec, MAX_MERGE_TABLES_LIMIT};
 use crate::window::Window;
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration, Timelike, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::HashSet;
 use std::fmt;
@@ -237,12 +237,14 @@ pub fn select_tables(
 
 /// Alternatives after a conflict, earliest-closest first, at most `max`:
 /// 1. other tables at the same time, not using `exclude_tables` (the conflicting ones);
-/// 2. times on the policy's slot grid (anchored at local midnight) within
-///    ±[`ALTERNATIVES_HORIZON`], closest first, the earlier first on equal distance; each
-///    must be within service hours and have free table(s).
+/// 2. instants within ±[`ALTERNATIVES_HORIZON`] whose restaurant-local wall-clock time is on
+///    the policy's slot grid (anchored at each local midnight), closest first, the earlier
+///    first on equal distance; each must be within service hours and have free table(s). On
+///    DST-change days this is local time: a skipped wall time is never offered, a repeated one
+///    may be offered at either of its instants.
 ///
-/// One alternative per time. Times in the past are not filtered here; use
-/// [`alternatives_not_before`] with `now` for that.
+/// One alternative per time. Times in the past or beyond the booking horizon are not filtered
+/// here; use [`alternatives_bookable`] with `now` for that.
 pub fn alternatives(
     policy: &BookingPolicy,
     settings: AllocatorSettings,
@@ -251,7 +253,15 @@ pub fn alternatives(
     exclude_tables: &[TableId],
     max: usize,
 ) -> Vec<Alternative> {
-    alternatives_not_before(policy, settings, req, busy, exclude_tables, max, DateTime::<Utc>::MIN_UTC)
+    alternatives_between(
+        policy,
+        settings,
+        req,
+        busy,
+        exclude_tables,
+        max,
+        (DateTime::<Utc>::MIN_UTC, DateTime::<Utc>::MAX_UTC),
+    )
 }
 
 /// [`alternatives`], leaving out any start earlier than `not_before` (pass `now`).
@@ -264,6 +274,36 @@ pub fn alternatives_not_before(
     max: usize,
     not_before: DateTime<Utc>,
 ) -> Vec<Alternative> {
+    alternatives_between(policy, settings, req, busy, exclude_tables, max, (not_before, DateTime::<Utc>::MAX_UTC))
+}
+
+/// [`alternatives`] a guest can book at `now`: only starts the policy's booking horizon
+/// accepts (never in the past, within the lead time, or beyond the maximum days ahead).
+pub fn alternatives_bookable(
+    policy: &BookingPolicy,
+    settings: AllocatorSettings,
+    req: &QuoteRequest,
+    busy: &[Busy],
+    exclude_tables: &[TableId],
+    max: usize,
+    now: DateTime<Utc>,
+) -> Vec<Alternative> {
+    match policy.booking_horizon.range(now) {
+        Some(range) => alternatives_between(policy, settings, req, busy, exclude_tables, max, range),
+        None => Vec::new(),
+    }
+}
+
+/// [`alternatives`] with starts in `[range.0, range.1]` only.
+fn alternatives_between(
+    policy: &BookingPolicy,
+    settings: AllocatorSettings,
+    req: &QuoteRequest,
+    busy: &[Busy],
+    exclude_tables: &[TableId],
+    max: usize,
+    (earliest, latest): (DateTime<Utc>, DateTime<Utc>),
+) -> Vec<Alternative> {
     let mut out = Vec::new();
     if max == 0 {
         return out;
@@ -272,7 +312,7 @@ pub fn alternatives_not_before(
     let starts =
         std::iter::once((req.start, exclude_tables)).chain(candidate_times(policy, req.start).map(|t| (t, &[][..])));
     for (start, exclude) in starts {
-        if start < not_before {
+        if start < earliest || start > latest {
             continue;
         }
         let r = QuoteRequest { party: req.party, start };
@@ -291,21 +331,29 @@ pub fn alternatives_not_before(
     out
 }
 
-/// Slot-grid times within the horizon around `start` (excluding `start`), closest first,
-/// earlier first on a tie.
+/// Instants within the horizon around `start` (excluding `start`) whose local wall-clock time
+/// is on the slot grid, closest first, earlier first on a tie. Walks whole UTC minutes and
+/// reads each one's local time, so DST changes inside the horizon are handled by the clock.
 fn candidate_times(policy: &BookingPolicy, start: DateTime<Utc>) -> impl Iterator<Item = DateTime<Utc>> {
-    let slot = i64::from(policy.slot_minutes) * 60;
+    let slot = i64::from(policy.slot_minutes);
     let mut times = Vec::new();
-    if slot > 0 {
-        let midnight = policy.local_midnight_utc(start);
-        let offset = (start - midnight).num_seconds();
-        let horizon = ALTERNATIVES_HORIZON.num_seconds();
-        // Grid points n*slot (from local midnight) within [offset - horizon, offset + horizon].
-        let first = (offset - horizon).div_euclid(slot) + i64::from((offset - horizon).rem_euclid(slot) != 0);
-        let last = (offset + horizon).div_euclid(slot);
-        for n in first..=last {
-            let t = midnight + Duration::seconds(n * slot);
-            if t != start {
+    let clock = policy.clock();
+    let bounds = start.checked_sub_signed(ALTERNATIVES_HORIZON).zip(start.checked_add_signed(ALTERNATIVES_HORIZON));
+    if let (true, Some((from, to))) = (slot > 0, bounds) {
+        // The first whole minute at or after `from`.
+        let secs = from.timestamp();
+        let first = if secs.rem_euclid(60) == 0 && from.timestamp_subsec_nanos() == 0 {
+            Some(from)
+        } else {
+            DateTime::from_timestamp(secs - secs.rem_euclid(60) + 60, 0)
+        };
+        let minutes = std::iter::successors(first, |t| t.checked_add_signed(Duration::minutes(1)));
+        for t in minutes.take_while(|t| *t <= to) {
+            let on_grid = clock.local(t).is_some_and(|l| {
+                let minute_of_day = i64::from(l.hour() * 60 + l.minute());
+                l.second() == 0 && l.nanosecond() == 0 && minute_of_day % slot == 0
+            });
+            if on_grid && t != start {
                 times.push(t);
             }
         }
@@ -529,9 +577,10 @@ mod tests {
     const ANY_MERGE: AllocatorSettings = AllocatorSettings { merges_enabled: true, require_adjacency: false };
     const NO_MERGE: AllocatorSettings = AllocatorSettings { merges_enabled: false, require_adjacency: true };
 
-    /// Friday 2025-06-13 at h:m UTC (the demo policy is UTC, open 11:00–23:00).
+    /// Friday 2025-01-10 at h:m UTC (the demo policy is Europe/London, open 11:00–23:00; in
+    /// January London is on UTC).
     fn at(h: u32, m: u32) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2025, 6, 13, h, m, 0).single().expect("valid time")
+        Utc.with_ymd_and_hms(2025, 1, 10, h, m, 0).single().expect("valid time")
     }
 
     fn req(party: u16, start: DateTime<Utc>) -> QuoteRequest {
@@ -1047,7 +1096,8 @@ mod tests {
 
         // The grid is anchored at local midnight: with UTC+0:10, local 19:00 = 18:50 UTC.
         let mut shifted = p.clone();
-        shifted.utc_offset_minutes = 10;
+        shifted.time_zone = None;
+        shifted.utc_offset_minutes = Some(10);
         let s: Vec<DateTime<Utc>> = candidate_times(&shifted, at(18, 50)).collect();
         assert_eq!(&s[..2], &[at(18, 35), at(19, 5)]);
 
@@ -1120,6 +1170,107 @@ mod tests {
         assert_eq!(starts, [at(19, 0), at(19, 15), at(19, 30), at(19, 45)]);
         let none = alternatives_not_before(&p, ADJACENT, &req(2, at(19, 0)), &[], &[], 4, at(23, 0));
         assert!(none.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod time_tests {
+    use super::*;
+    use crate::policy::{BookingHorizon, ServiceHours};
+    use chrono::TimeZone;
+
+    const S: AllocatorSettings = AllocatorSettings { merges_enabled: true, require_adjacency: true };
+
+    fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, 0).single().expect("valid time")
+    }
+
+    fn req(party: u16, start: DateTime<Utc>) -> QuoteRequest {
+        QuoteRequest { party: PartySize::new(party).expect("valid party"), start }
+    }
+
+    /// The demo floor plan, Europe/London, open Fri and Sat 22:00 – 02:00 (next day), 30-min slots.
+    fn late_night() -> BookingPolicy {
+        let mut p = BookingPolicy::demo(1);
+        p.slot_minutes = 30;
+        p.service_hours = vec![
+            ServiceHours { weekday: 4, opens_minute: 22 * 60, closes_minute: 2 * 60 },
+            ServiceHours { weekday: 5, opens_minute: 22 * 60, closes_minute: 2 * 60 },
+        ];
+        p
+    }
+
+    #[test]
+    fn a_seating_after_midnight_is_quoted_in_the_previous_days_period() {
+        let p = late_night();
+        // Saturday 2026-01-10 00:30 GMT, Friday's period.
+        let sel = quote(&p, S, &req(2, utc(2026, 1, 10, 0, 30)), &[]).expect("seated");
+        assert_eq!(sel.seated.end(), utc(2026, 1, 10, 2, 0));
+        assert_eq!(quote(&p, S, &req(2, utc(2026, 1, 10, 0, 31)), &[]), Err(QuoteRejection::OutsideServiceHours));
+    }
+
+    #[test]
+    fn the_slot_grid_is_local_on_dst_days() {
+        let p = late_night();
+        // Spring forward, Sunday 29 March 2026: 01:00Z is 02:00 BST. Grid instants are those
+        // whose London wall time is on the half hour; no instant shows 01:xx local that night.
+        let times: Vec<DateTime<Utc>> = candidate_times(&p, utc(2026, 3, 29, 0, 0)).collect();
+        assert_eq!(times.len(), 8, "{times:?}");
+        assert!(times.iter().all(|t| t.timestamp() % 1800 == 0));
+        // Fall back, Sunday 25 October 2026: 01:30 local happens twice, and both are offered
+        // as candidate instants (00:30Z BST and 01:30Z GMT).
+        let times: Vec<DateTime<Utc>> = candidate_times(&p, utc(2026, 10, 25, 1, 0)).collect();
+        assert!(times.contains(&utc(2026, 10, 25, 0, 30)) && times.contains(&utc(2026, 10, 25, 1, 30)));
+
+        // A half-hour zone: the grid follows local time, not UTC.
+        let mut adelaide = p.clone();
+        adelaide.time_zone = crate::local_time::TimeZoneName::parse("Australia/Adelaide").ok();
+        adelaide.slot_minutes = 60;
+        let times: Vec<DateTime<Utc>> = candidate_times(&adelaide, utc(2026, 1, 9, 9, 30)).collect();
+        assert!(times.iter().all(|t| t.timestamp() % 3600 == 1800), "{times:?}");
+        // UTC+10:30
+    }
+
+    #[test]
+    fn alternatives_bookable_are_never_in_the_past_or_beyond_the_horizon() {
+        let mut p = BookingPolicy::demo(1);
+        p.booking_horizon = BookingHorizon { min_lead_minutes: 15, max_days_ahead: 1 };
+        let start = utc(2026, 1, 9, 19, 0);
+        // Now is 18:10: 18:25 is the earliest bookable start; everything else is taken at 19:00.
+        let now = utc(2026, 1, 9, 18, 10);
+        let busy: Vec<Busy> = p
+            .tables
+            .iter()
+            .map(|t| Busy { table_id: t.id, window: Window::new(start, utc(2026, 1, 9, 19, 30)).expect("window") })
+            .collect();
+        let all = alternatives(&p, S, &req(2, start), &busy, &[], 100);
+        assert!(all.iter().any(|a| a.start < utc(2026, 1, 9, 18, 25)), "the unfiltered list reaches back");
+        let alts = alternatives_bookable(&p, S, &req(2, start), &busy, &[], 100, now);
+        assert!(!alts.is_empty());
+        assert!(alts.iter().all(|a| a.start >= utc(2026, 1, 9, 18, 25)), "{alts:?}");
+        // Near the far edge: nothing after now + 1 day.
+        let now = utc(2026, 1, 8, 19, 30);
+        let alts = alternatives_bookable(&p, S, &req(2, start), &[], &[], 100, now);
+        assert!(!alts.is_empty());
+        assert!(alts.iter().all(|a| a.start <= utc(2026, 1, 9, 19, 30)), "{alts:?}");
+        assert_eq!(alternatives_bookable(&p, S, &req(2, start), &[], &[], 100, DateTime::<Utc>::MAX_UTC), vec![]);
+    }
+
+    #[test]
+    fn extreme_starts_never_panic() {
+        let p = BookingPolicy::demo(1);
+        let edges = [
+            DateTime::<Utc>::MIN_UTC,
+            DateTime::<Utc>::MAX_UTC,
+            DateTime::<Utc>::MAX_UTC - Duration::hours(1),
+            DateTime::<Utc>::MIN_UTC + Duration::hours(1),
+        ];
+        for start in edges {
+            let r = req(2, start);
+            let _ = quote(&p, S, &r, &[]);
+            let _ = alternatives(&p, S, &r, &[], &[], 5);
+            let _ = candidate_times(&p, start).count();
+        }
     }
 }
 

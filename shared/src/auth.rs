@@ -133,6 +133,10 @@ pub enum Action {
     HoldRead,
     HoldConfirm,
     HoldRelease,
+    BookingRequest,
+    BookingRead,
+    BookingChange,
+    BookingCancel,
     FlagPropose,
     FlagReadProposal,
     FlagApprove,
@@ -145,12 +149,16 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 14] = [
+    pub const ALL: [Action; 18] = [
         Self::Quote,
         Self::HoldCreate,
         Self::HoldRead,
         Self::HoldConfirm,
         Self::HoldRelease,
+        Self::BookingRequest,
+        Self::BookingRead,
+        Self::BookingChange,
+        Self::BookingCancel,
         Self::FlagPropose,
         Self::FlagReadProposal,
         Self::FlagApprove,
@@ -191,8 +199,11 @@ pub fn authorize(caller: &Caller, action: Action, resource: &Resource<'_>) -> De
     let allow = |yes: bool, no: Decision| if yes { Decision::Allow } else { no };
     match (action, resource) {
         // Any authenticated person may look for and hold a table anywhere: that is booking.
-        (Quote | HoldCreate, Resource::Restaurant(_)) => Decision::Allow,
-        (HoldRead | HoldConfirm | HoldRelease, Resource::Owned { restaurant, owner }) => {
+        (Quote | HoldCreate | BookingRequest, Resource::Restaurant(_)) => Decision::Allow,
+        (
+            HoldRead | HoldConfirm | HoldRelease | BookingRead | BookingChange | BookingCancel,
+            Resource::Owned { restaurant, owner },
+        ) => {
             let owner_acts = owner.is_some_and(|o| *o == caller.subject);
             let staff_acts = caller.is_staff_of(*restaurant);
             let ops_repairs = owner.is_none() && caller.roles.ops;
@@ -242,10 +253,13 @@ mod tests {
         static ALICE: std::sync::OnceLock<Subject> = std::sync::OnceLock::new();
         let alice = ALICE.get_or_init(|| Subject::parse("alice").expect("subject"));
         match a {
-            Action::Quote | Action::HoldCreate => Resource::Restaurant(HERE),
-            Action::HoldRead | Action::HoldConfirm | Action::HoldRelease => {
-                Resource::Owned { restaurant: HERE, owner: Some(alice) }
-            }
+            Action::Quote | Action::HoldCreate | Action::BookingRequest => Resource::Restaurant(HERE),
+            Action::HoldRead
+            | Action::HoldConfirm
+            | Action::HoldRelease
+            | Action::BookingRead
+            | Action::BookingChange
+            | Action::BookingCancel => Resource::Owned { restaurant: HERE, owner: Some(alice) },
             _ => Resource::Flags,
         }
     }
@@ -253,12 +267,16 @@ mod tests {
     #[test]
     fn the_route_matrix_is_exactly_this_table() {
         // A = allow, N = not found, F = forbidden; columns follow `kinds()`.
-        let table: [(Action, &str); 14] = [
+        let table: [(Action, &str); 18] = [
             (Action::Quote, "AAAAAA"),
             (Action::HoldCreate, "AAAAAA"),
             (Action::HoldRead, "ANANNN"),
             (Action::HoldConfirm, "ANANNN"),
             (Action::HoldRelease, "ANANNN"),
+            (Action::BookingRequest, "AAAAAA"),
+            (Action::BookingRead, "ANANNN"),
+            (Action::BookingChange, "ANANNN"),
+            (Action::BookingCancel, "ANANNN"),
             (Action::FlagPropose, "FFFFAF"),
             (Action::FlagReadProposal, "FFFFAA"),
             (Action::FlagApprove, "FFFFFA"),

@@ -18,16 +18,19 @@ pub enum EmailType {
     Reminder,
     /// To the ops mailbox: a restaurant's policy changed under live holds.
     OpsPolicyDrift,
+    /// To the ops mailbox: a booking request could not be assigned a table automatically.
+    OpsPendingAttention,
 }
 
 impl EmailType {
-    pub const ALL: [EmailType; 6] = [
+    pub const ALL: [EmailType; 7] = [
         Self::RequestReceived,
         Self::BookingConfirmed,
         Self::BookingUpdated,
         Self::BookingCancelled,
         Self::Reminder,
         Self::OpsPolicyDrift,
+        Self::OpsPendingAttention,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -38,6 +41,7 @@ impl EmailType {
             Self::BookingCancelled => "booking_cancelled",
             Self::Reminder => "reminder",
             Self::OpsPolicyDrift => "ops_policy_drift",
+            Self::OpsPendingAttention => "ops_pending_attention",
         }
     }
 
@@ -62,6 +66,10 @@ pub struct EmailJob {
     /// Do not send before this instant (deferred sends survive restarts by riding the job).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_before: Option<DateTime<Utc>>,
+    /// The booking's revision the email is about (updates and reminders): one email per
+    /// revision, and a job for an older revision than the booking's is superseded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i32>,
 }
 
 impl EmailJob {
@@ -73,7 +81,18 @@ impl EmailJob {
             restaurant_id: None,
             policy_version: None,
             not_before: None,
+            revision: None,
         }
+    }
+
+    /// A guest email about one revision of the booking (updated, reminder).
+    pub fn for_revision(email_type: EmailType, booking: BookingId, revision: i32) -> Self {
+        Self { revision: Some(revision), ..Self::for_booking(email_type, booking) }
+    }
+
+    /// The ops notice that a request stays pending after auto-assign gave up (once per booking).
+    pub fn ops_pending_attention(restaurant: RestaurantId, booking: BookingId) -> Self {
+        Self { restaurant_id: Some(restaurant), ..Self::for_booking(EmailType::OpsPendingAttention, booking) }
     }
 
     pub fn ops_policy_drift(restaurant: RestaurantId, policy_version: i32) -> Self {
@@ -84,6 +103,7 @@ impl EmailJob {
             restaurant_id: Some(restaurant),
             policy_version: Some(policy_version),
             not_before: None,
+            revision: None,
         }
     }
 
@@ -92,7 +112,10 @@ impl EmailJob {
     pub fn key(&self) -> DedupeKey {
         let t = self.email_type.as_str();
         DedupeKey(match (self.booking_id, self.restaurant_id, self.policy_version) {
-            (Some(b), _, _) => format!("booking:{b}:{t}"),
+            (Some(b), _, _) => match self.revision {
+                Some(r) => format!("booking:{b}:{t}:r{r}"),
+                None => format!("booking:{b}:{t}"),
+            },
             (None, Some(r), Some(v)) => format!("restaurant:{r}:policy:{v}:{t}"),
             (None, Some(r), None) => format!("restaurant:{r}:{t}"),
             (None, None, _) => format!("orphan:{t}"),
@@ -259,15 +282,35 @@ pub struct DriftView {
     pub policy_version: i32,
 }
 
-/// Whether a job should not be sent for this booking: a cancelled booking's pending emails are
-/// skipped, except the cancellation notice itself.
-pub fn skip_reason(email_type: EmailType, status: BookingStatus) -> Option<&'static str> {
+/// Whether a job should not be sent for this booking as it is now (recorded as skipped with the
+/// reason): a cancelled booking's pending emails, except the cancellation notice itself; a
+/// "request received" that the confirmation beat (superseded); a reminder for a booking that is
+/// not confirmed; an update or reminder for a revision the booking has moved past (the job for
+/// the new revision is the one that counts).
+pub fn skip_reason(
+    email_type: EmailType,
+    status: BookingStatus,
+    job_revision: Option<i32>,
+    booking_revision: i32,
+) -> Option<&'static str> {
     match (status, email_type) {
         (BookingStatus::Cancelled, EmailType::BookingCancelled) => None,
         (BookingStatus::Cancelled, _) => Some("booking_cancelled"),
         (_, EmailType::BookingCancelled) => Some("booking_not_cancelled"),
+        (BookingStatus::Confirmed, EmailType::RequestReceived) => Some("superseded_by_confirmation"),
+        (BookingStatus::Requested, EmailType::Reminder) => Some("booking_not_confirmed"),
+        (_, EmailType::Reminder | EmailType::BookingUpdated) if job_revision.is_some_and(|r| r < booking_revision) => {
+            Some("superseded_by_change")
+        }
         _ => None,
     }
+}
+
+/// When a booking's reminder goes out: `lead` before its start, unless that is already past
+/// at `now` (a booking made at the last minute gets no reminder).
+pub fn reminder_at(starts_at: DateTime<Utc>, lead: chrono::Duration, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let at = starts_at.checked_sub_signed(lead)?;
+    (at > now).then_some(at)
 }
 
 /// A rendered email: subject, plain text and HTML (both always sent).
@@ -374,11 +417,28 @@ pub fn render_booking(email_type: EmailType, v: &BookingView) -> Option<Rendered
             format!("Reminder: your table at {restaurant}"),
             vec![greeting, format!("A reminder of your booking for {party} on {when} at {restaurant}."), reference],
         ),
-        EmailType::OpsPolicyDrift => return None,
+        EmailType::OpsPolicyDrift | EmailType::OpsPendingAttention => return None,
     };
     let text = format!("{}\n", lines.join("\n\n"));
     let html = wrap_html(&subject, &lines);
     Some(Rendered { subject, text, html })
+}
+
+/// Render the ops notice: a booking request stays pending after automatic assignment gave up.
+/// Ids only: the guest's details stay in the database.
+pub fn render_pending_attention(restaurant_name: &str, restaurant: RestaurantId, booking: BookingId) -> Rendered {
+    let restaurant_name = one_line(restaurant_name);
+    let subject = format!("[holdfast] Booking request needs attention at {restaurant_name}");
+    let lines = vec![
+        format!(
+            "Booking request {booking} at {restaurant_name} ({restaurant}) could not be given a table \
+             automatically and is still pending."
+        ),
+        "Assign it by hand or contact the guest; see the holds runbook (pending attention).".to_string(),
+    ];
+    let text = format!("{}\n", lines.join("\n\n"));
+    let html = wrap_html(&subject, &lines);
+    Rendered { subject, text, html }
 }
 
 /// Render the ops notice: a restaurant's booking policy changed under live holds.
@@ -474,11 +534,45 @@ mod tests {
     #[test]
     fn cancelled_bookings_skip_everything_but_the_cancellation() {
         for t in EmailType::ALL {
-            let r = skip_reason(t, BookingStatus::Cancelled);
+            let r = skip_reason(t, BookingStatus::Cancelled, None, 1);
             assert_eq!(r.is_none(), t == EmailType::BookingCancelled, "{t:?}");
         }
-        assert_eq!(skip_reason(EmailType::BookingConfirmed, BookingStatus::Confirmed), None);
-        assert_eq!(skip_reason(EmailType::BookingCancelled, BookingStatus::Confirmed), Some("booking_not_cancelled"));
+        assert_eq!(skip_reason(EmailType::BookingConfirmed, BookingStatus::Confirmed, None, 1), None);
+        assert_eq!(
+            skip_reason(EmailType::BookingCancelled, BookingStatus::Confirmed, None, 1),
+            Some("booking_not_cancelled")
+        );
+    }
+
+    #[test]
+    fn a_confirmation_supersedes_request_received_and_a_change_supersedes_older_revisions() {
+        let rr = EmailType::RequestReceived;
+        assert_eq!(skip_reason(rr, BookingStatus::Requested, None, 1), None);
+        assert_eq!(skip_reason(rr, BookingStatus::Confirmed, None, 1), Some("superseded_by_confirmation"));
+        for t in [EmailType::Reminder, EmailType::BookingUpdated] {
+            assert_eq!(skip_reason(t, BookingStatus::Confirmed, Some(2), 2), None, "{t:?}");
+            assert_eq!(skip_reason(t, BookingStatus::Confirmed, Some(1), 2), Some("superseded_by_change"), "{t:?}");
+        }
+        assert_eq!(
+            skip_reason(EmailType::Reminder, BookingStatus::Requested, Some(1), 1),
+            Some("booking_not_confirmed")
+        );
+        let b = BookingId::new_random();
+        let (k1, k2) = (
+            EmailJob::for_revision(EmailType::Reminder, b, 1).dedupe_key(),
+            EmailJob::for_revision(EmailType::Reminder, b, 2).dedupe_key(),
+        );
+        assert_ne!(k1, k2, "one reminder per revision");
+        assert_eq!(EmailJob::for_booking(EmailType::Reminder, b).dedupe_key(), format!("booking:{b}:reminder"));
+    }
+
+    #[test]
+    fn reminders_are_lead_before_the_start_and_never_in_the_past() {
+        let now = Utc.with_ymd_and_hms(2030, 1, 1, 12, 0, 0).single().expect("valid");
+        let lead = chrono::Duration::hours(24);
+        assert_eq!(reminder_at(now + chrono::Duration::hours(48), lead, now), Some(now + chrono::Duration::hours(24)));
+        assert_eq!(reminder_at(now + chrono::Duration::hours(2), lead, now), None);
+        assert_eq!(reminder_at(DateTime::<Utc>::MIN_UTC, lead, now), None);
     }
 
     #[test]
@@ -486,7 +580,7 @@ mod tests {
         let v = view(BookingStatus::Confirmed);
         for t in EmailType::ALL {
             let Some(r) = render_booking(t, &v) else {
-                assert_eq!(t, EmailType::OpsPolicyDrift);
+                assert!(matches!(t, EmailType::OpsPolicyDrift | EmailType::OpsPendingAttention));
                 continue;
             };
             assert!(!r.subject.contains('\n') && !r.subject.contains('\r'), "header injection in {t:?}");

@@ -105,6 +105,11 @@ string_enum! {
         EmailSkipped => "email.skipped",
         FlagsContradiction => "flags.contradiction",
         FlagsChanged => "flags.changed",
+        /// A kill switch was applied by one person alone (break-glass); a review is open.
+        FlagsBreakGlass => "flags.break_glass",
+        /// A break-glass review is past its 24 h deadline unacknowledged (recorded by every
+        /// review sweep while it stays so).
+        FlagsReviewOverdue => "flags.review_overdue",
         /// The cold-start check found the exclusion constraint missing.
         StrictVerifyFailed => "strict.verify.failed",
     }
@@ -117,9 +122,9 @@ impl EventType {
         match self {
             QuoteCompleted | HoldCreated | HoldConflict | HoldConflictShadow | HoldReleased | HoldConfirmed
             | EmailSent | EmailSkipped | FlagsChanged => Severity::Info,
-            HoldMetadataRejected | PolicyDriftRecovered | EmailRetried => Severity::Warning,
+            HoldMetadataRejected | PolicyDriftRecovered | EmailRetried | FlagsBreakGlass => Severity::Warning,
             HoldFailed | PolicyDriftFailed | EmailFailed | EmailDeadLettered | FlagsContradiction
-            | StrictVerifyFailed => Severity::Error,
+            | StrictVerifyFailed | FlagsReviewOverdue => Severity::Error,
         }
     }
 }
@@ -519,7 +524,7 @@ mod tests {
             assert_eq!(EventType::parse(t.as_str()), Some(*t));
             assert!(seen.insert(t.as_str()), "duplicate {t}");
         }
-        assert_eq!(EventType::ALL.len(), 18);
+        assert_eq!(EventType::ALL.len(), 20);
         assert_eq!(EventType::parse("hold.conflict.shadow"), Some(EventType::HoldConflictShadow));
         assert_eq!(EventType::parse("Hold.Created"), None);
         assert_eq!(Source::HoldsApi.as_str(), "holds-api");

@@ -15,13 +15,16 @@ mod value;
 mod workflow;
 
 pub use doc::{render_flag_set_report, render_registry_markdown};
-pub use registry::{approvals_required, lookup, names, DefaultValue, Defaults, FlagDef, SafetyClass, REGISTRY};
+pub use registry::{
+    approvals_required, lookup, names, DefaultValue, Defaults, FlagDef, KillSwitch, SafetyClass, REGISTRY,
+};
 pub use rules::{check, Rule, RuleViolation, Severity, RULES};
 pub use set::{FlagProblem, FlagSet, FlagSetError};
 pub use value::{FlagType, FlagValue, FlagValueError};
 pub use workflow::{
-    propose, validate_change, Actor, ActorError, ApprovalOutcome, ChangeRefused, Proposal, ProposalStatus,
-    WorkflowError, PROPOSAL_LIFETIME,
+    break_glass, check_break_glass, propose, propose_changes, validate_change, validate_changes, Actor, ActorError,
+    ApprovalOutcome, Change, ChangeRefused, ChangeRequest, PlannedWrite, Proposal, ProposalStatus, Review,
+    WorkflowError, MAX_CHANGES, PROPOSAL_LIFETIME, REVIEW_DEADLINE,
 };
 
 use serde::{Deserialize, Serialize};

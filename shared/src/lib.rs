@@ -6,12 +6,14 @@
 pub mod alerts;
 pub mod allocator;
 pub mod auth;
+pub mod booking;
 pub mod email;
 pub mod events;
 pub mod flags;
 pub mod guest;
 pub mod hold;
 pub mod ids;
+pub mod local_time;
 pub mod metrics;
 pub mod policy;
 pub mod rollout;

@@ -46,6 +46,8 @@ pub mod names {
     pub const OUTBOX_PENDING: &str = "OutboxPending";
     pub const OUTBOX_LAG_SECONDS: &str = "OutboxLagSeconds";
     pub const FLAG_CONTRADICTIONS: &str = "FlagContradictions";
+    pub const FLAG_BREAK_GLASS: &str = "FlagBreakGlass";
+    pub const FLAG_REVIEWS_OVERDUE: &str = "FlagReviewsOverdue";
 }
 
 /// Dimension names.
@@ -172,6 +174,10 @@ pub static METRICS: &[MetricDef] = &[
         "Age of the oldest unpublished outbox row."),
     def(names::FLAG_CONTRADICTIONS, Unit::Count, MetricKind::Counter, ENV,
         "Contradictory flag combinations detected."),
+    def(names::FLAG_BREAK_GLASS, Unit::Count, MetricKind::Counter, ENV,
+        "Kill switches applied by one person alone (break-glass)."),
+    def(names::FLAG_REVIEWS_OVERDUE, Unit::Count, MetricKind::Counter, ENV,
+        "Break-glass reviews past 24 h unacknowledged, counted by every review sweep (non-zero while any is overdue)."),
 ];
 
 /// The catalogue entry for `name`, if any.
@@ -218,8 +224,15 @@ pub const MODES: &[&str] = &["enforced", "shadow"];
 
 /// Email types (dimension `EmailType`); anything else is `other`.
 /// Exactly `crate::email::EmailType::ALL` (a test keeps them in step).
-pub const EMAIL_TYPES: &[&str] =
-    &["request_received", "booking_confirmed", "booking_updated", "booking_cancelled", "reminder", "ops_policy_drift"];
+pub const EMAIL_TYPES: &[&str] = &[
+    "request_received",
+    "booking_confirmed",
+    "booking_updated",
+    "booking_cancelled",
+    "reminder",
+    "ops_policy_drift",
+    "ops_pending_attention",
+];
 
 #[cfg(test)]
 #[test]
@@ -573,6 +586,8 @@ fn accumulate(acc: &mut Acc<'_>, et: EventType, ctx: &EventContext) {
         PolicyDriftRecovered => acc.add(names::POLICY_DRIFT_RECOVERED, None),
         PolicyDriftFailed => acc.add(names::POLICY_DRIFT_FAILED, None),
         FlagsContradiction => acc.add(names::FLAG_CONTRADICTIONS, None),
+        FlagsBreakGlass => acc.add(names::FLAG_BREAK_GLASS, None),
+        FlagsReviewOverdue => acc.add(names::FLAG_REVIEWS_OVERDUE, None),
         StrictVerifyFailed => acc.add(names::ERRORS_BY_CODE, Some((dims::ERROR_CODE, "strict_constraint_missing"))),
         EmailSent | EmailRetried | EmailFailed => {
             let name = match et {

@@ -7,10 +7,19 @@
 //! turn times, buffers and service hours did not change its hash. A test enumerates every key of
 //! the canonical JSON and requires a mutation case for each, so a new field cannot be forgotten.
 //! There is exactly one hash function (this one): nothing else, SQL included, computes it.
+//!
+//! Time: a policy names the restaurant's clock — an IANA `time_zone` (DST from the tz
+//! database), or, for policies published before zones existed, a fixed `utc_offset_minutes`
+//! (exactly one of the two; see [`BookingPolicy::clock`]). Both are left out of the canonical
+//! JSON when absent, so a policy stored with `utc_offset_minutes` keeps its canonical form, its
+//! hash and its meaning (a fixed offset); no POLICY_HASH_PREFIX bump was needed. Service hours
+//! are local wall-clock times (see `local_time` for DST gaps and repeated hours), and the
+//! booking horizon bounds how soon and how far ahead a start may be ([`BookingPolicy::check_start`]).
 
 use crate::ids::TableId;
+use crate::local_time::{LocalTimeError, RestaurantClock, TimeZoneName};
 use crate::window::Window;
-use chrono::{DateTime, Datelike, Duration, NaiveTime, Utc};
+use chrono::{DateTime, Datelike, Duration, FixedOffset, NaiveDate, NaiveTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -28,18 +37,53 @@ pub const MAX_MERGE_TABLES_LIMIT: u8 = 4;
 /// Largest UTC offset in use anywhere (UTC+14 / UTC-12, rounded up to ±18 h like ISO 8601).
 pub const MAX_UTC_OFFSET_MINUTES: i32 = 18 * 60;
 
-const MINUTES_PER_DAY: u16 = 24 * 60;
+/// Upper bound on `booking_horizon.max_days_ahead` (about ten years).
+pub const MAX_DAYS_AHEAD_LIMIT: u32 = 3660;
 
-/// One opening period on a restaurant-local weekday, in minutes after local midnight.
-/// A period crossing midnight is written as two periods (e.g. Fri 18:00–24:00, Sat 00:00–02:00).
+/// Upper bound on `booking_horizon.min_lead_minutes` (a week).
+pub const MAX_LEAD_MINUTES_LIMIT: u32 = 7 * 24 * 60;
+
+const MINUTES_PER_DAY: u16 = 24 * 60;
+const MINUTES_PER_WEEK: u32 = 7 * 24 * 60;
+
+/// One opening period starting on a restaurant-local weekday, in wall-clock minutes after
+/// local midnight. `closes_minute <= opens_minute` means the period crosses midnight and closes
+/// on the next day (22:00–02:00 is `opens_minute: 1320, closes_minute: 120`): a seating at 01:00
+/// on Saturday belongs to Friday's period. (Policies published before this could only write it
+/// as two touching periods, Fri 22:00–24:00 and Sat 00:00–02:00; those still mean what they
+/// meant, and a seating still has to fit inside one period.)
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceHours {
     /// 0 = Monday … 6 = Sunday.
     pub weekday: u8,
+    /// 0..1440.
     pub opens_minute: u16,
-    /// Up to 1440 (local midnight at the end of the day).
+    /// Up to 1440 (local midnight at the end of the day); at or before `opens_minute`: the
+    /// next day.
     pub closes_minute: u16,
+}
+
+impl ServiceHours {
+    /// Minutes the period lasts on the wall clock (a DST change makes the real period an hour
+    /// shorter or longer).
+    fn wall_minutes(&self) -> u32 {
+        let (o, c) = (u32::from(self.opens_minute), u32::from(self.closes_minute));
+        if c > o {
+            c - o
+        } else {
+            c + u32::from(MINUTES_PER_DAY) - o
+        }
+    }
+
+    /// Opening and closing instants of this period when it starts on local date `day`: each
+    /// boundary is the first instant the clock shows that wall time or later (see `local_time`).
+    pub fn instants(&self, clock: &RestaurantClock, day: NaiveDate) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+        let midnight = day.and_time(NaiveTime::MIN);
+        let opens = midnight.checked_add_signed(Duration::minutes(i64::from(self.opens_minute)))?;
+        let closes = opens.checked_add_signed(Duration::minutes(i64::from(self.wall_minutes())))?;
+        Some((clock.boundary(opens)?, clock.boundary(closes)?))
+    }
 }
 
 /// Seated duration for parties up to `max_party` guests.
@@ -70,9 +114,15 @@ pub struct TableSpec {
 #[serde(deny_unknown_fields)]
 pub struct BookingPolicy {
     pub version: i32,
-    /// Restaurant-local time = UTC + this. No tz database here, so DST is the policy owner's
-    /// job (publish a new version when the offset changes).
-    pub utc_offset_minutes: i32,
+    /// The restaurant's IANA time zone (e.g. "Europe/London"): local time and DST follow the
+    /// tz database. Exactly one of `time_zone` and `utc_offset_minutes` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<TimeZoneName>,
+    /// Legacy (policies published before `time_zone`): restaurant-local time = UTC + this, all
+    /// year round. Left out of the canonical JSON when absent, so an old policy's hash is
+    /// unchanged and still means this fixed offset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub utc_offset_minutes: Option<i32>,
     pub service_hours: Vec<ServiceHours>,
     /// The first entry by ascending `max_party` with `max_party >= party` applies.
     pub turn_times: Vec<TurnTime>,
@@ -89,6 +139,57 @@ pub struct BookingPolicy {
     /// hash; any change to them changes the hash like any other field.
     #[serde(default, skip_serializing_if = "GuestLimits::is_default")]
     pub guest_limits: GuestLimits,
+    /// How soon and how far ahead a start may be. Left out of the canonical JSON while it is the
+    /// default, like `guest_limits`: policies published before it existed keep their hash, and
+    /// the default horizon applies to them (a platform rule: no restaurant takes a booking in
+    /// the past or years ahead; holds already made under such a hash are not re-checked).
+    #[serde(default, skip_serializing_if = "BookingHorizon::is_default")]
+    pub booking_horizon: BookingHorizon,
+}
+
+/// The window of bookable starts, relative to now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BookingHorizon {
+    /// A start must be at least this many minutes from now.
+    pub min_lead_minutes: u32,
+    /// A start must be at most this many days (of 24 h) from now.
+    pub max_days_ahead: u32,
+}
+
+impl BookingHorizon {
+    pub const DEFAULT: BookingHorizon = BookingHorizon { min_lead_minutes: 15, max_days_ahead: 180 };
+
+    pub fn is_default(&self) -> bool {
+        *self == Self::DEFAULT
+    }
+
+    /// `[earliest, latest]` bookable start at `now`; `None` only at the edge of chrono's range.
+    pub fn range(&self, now: DateTime<Utc>) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+        let earliest = now.checked_add_signed(Duration::minutes(i64::from(self.min_lead_minutes)))?;
+        let latest = now.checked_add_signed(Duration::days(i64::from(self.max_days_ahead)))?;
+        Some((earliest, latest))
+    }
+}
+
+impl Default for BookingHorizon {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// Why a requested start cannot be booked. The holds API answers 422 naming `start`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StartError {
+    #[error("is in the past")]
+    InPast,
+    #[error("must be at least {min_lead_minutes} minutes from now")]
+    TooSoon { min_lead_minutes: u32 },
+    #[error("must be at most {max_days_ahead} days ahead")]
+    BeyondHorizon { max_days_ahead: u32 },
+    /// A wall-clock start the restaurant's clock skips (DST gap), or one not representable.
+    #[error("{0}")]
+    LocalTime(#[from] LocalTimeError),
 }
 
 /// How much one guest (authenticated subject) may do at one restaurant.
@@ -140,14 +241,25 @@ pub enum PolicyError {
     TurnTimesDoNotCoverMaxParty { covered: u16, max_party_size: u16 },
     #[error("service_hours[{index}]: weekday {weekday} is not 0 (Mon) ..= 6 (Sun)")]
     BadWeekday { index: usize, weekday: u8 },
+    /// Equal opening and closing minutes (a period crossing midnight closes before it opens).
     #[error("service_hours[{index}]: opens at minute {opens} but closes at minute {closes}")]
     OpensNotBeforeCloses { index: usize, opens: u16, closes: u16 },
+    #[error("service_hours[{index}]: opens at minute {opens}, not before 1440 (local midnight)")]
+    OpensAfterMidnight { index: usize, opens: u16 },
     #[error("service_hours[{index}]: closes at minute {closes}, after 1440 (local midnight)")]
     ClosesAfterMidnight { index: usize, closes: u16 },
     #[error("service_hours[{first}] and service_hours[{second}] overlap on weekday {weekday}")]
     OverlappingServiceHours { first: usize, second: usize, weekday: u8 },
     #[error("utc_offset_minutes {0} is outside ±1080")]
     UtcOffsetOutOfRange(i32),
+    #[error("the policy names no clock: set time_zone (or, legacy, utc_offset_minutes)")]
+    NoClock,
+    #[error("time_zone and utc_offset_minutes are both set; keep only time_zone")]
+    ZoneAndOffset,
+    #[error("booking_horizon.max_days_ahead {0} is not 1 ..= {MAX_DAYS_AHEAD_LIMIT}")]
+    MaxDaysAheadOutOfRange(u32),
+    #[error("booking_horizon.min_lead_minutes {0} is above {MAX_LEAD_MINUTES_LIMIT}")]
+    LeadTimeTooLong(u32),
     #[error("max_party_size is 0")]
     ZeroMaxPartySize,
     #[error("slot_minutes is 0")]
@@ -224,8 +336,22 @@ impl BookingPolicy {
     pub fn validate(&self) -> Result<(), Vec<PolicyError>> {
         let mut errors = Vec::new();
 
-        if self.utc_offset_minutes.abs() > MAX_UTC_OFFSET_MINUTES {
-            errors.push(PolicyError::UtcOffsetOutOfRange(self.utc_offset_minutes));
+        match (self.time_zone, self.utc_offset_minutes) {
+            (None, None) => errors.push(PolicyError::NoClock),
+            (Some(_), Some(_)) => errors.push(PolicyError::ZoneAndOffset),
+            _ => {}
+        }
+        if let Some(offset) = self.utc_offset_minutes {
+            if offset.abs() > MAX_UTC_OFFSET_MINUTES {
+                errors.push(PolicyError::UtcOffsetOutOfRange(offset));
+            }
+        }
+        let horizon = self.booking_horizon;
+        if horizon.max_days_ahead == 0 || horizon.max_days_ahead > MAX_DAYS_AHEAD_LIMIT {
+            errors.push(PolicyError::MaxDaysAheadOutOfRange(horizon.max_days_ahead));
+        }
+        if horizon.min_lead_minutes > MAX_LEAD_MINUTES_LIMIT {
+            errors.push(PolicyError::LeadTimeTooLong(horizon.min_lead_minutes));
         }
         if self.max_party_size == 0 {
             errors.push(PolicyError::ZeroMaxPartySize);
@@ -244,10 +370,13 @@ impl BookingPolicy {
             if sh.weekday > 6 {
                 errors.push(PolicyError::BadWeekday { index, weekday: sh.weekday });
             }
+            if sh.opens_minute >= MINUTES_PER_DAY {
+                errors.push(PolicyError::OpensAfterMidnight { index, opens: sh.opens_minute });
+            }
             if sh.closes_minute > MINUTES_PER_DAY {
                 errors.push(PolicyError::ClosesAfterMidnight { index, closes: sh.closes_minute });
             }
-            if sh.opens_minute >= sh.closes_minute {
+            if sh.opens_minute == sh.closes_minute {
                 errors.push(PolicyError::OpensNotBeforeCloses {
                     index,
                     opens: sh.opens_minute,
@@ -255,10 +384,18 @@ impl BookingPolicy {
                 });
             }
         }
-        // Overlapping periods would make "within one period" ambiguous; refuse them.
+        // Overlapping periods would make "within one period" ambiguous; refuse them. Compared
+        // as wall-clock minutes of the week (a period crossing midnight reaches into the next
+        // day, Sunday's into Monday's).
+        let week_span = |sh: &ServiceHours| {
+            let start = u32::from(sh.weekday) * u32::from(MINUTES_PER_DAY) + u32::from(sh.opens_minute);
+            (i64::from(start), i64::from(start + sh.wall_minutes()))
+        };
         for (i, a) in self.service_hours.iter().enumerate() {
             for (j, b) in self.service_hours.iter().enumerate().skip(i + 1) {
-                if a.weekday == b.weekday && a.opens_minute < b.closes_minute && b.opens_minute < a.closes_minute {
+                let ((a0, a1), (b0, b1)) = (week_span(a), week_span(b));
+                let week = i64::from(MINUTES_PER_WEEK);
+                if [-week, 0, week].iter().any(|shift| a0 < b1 + shift && b0 + shift < a1) {
                     errors.push(PolicyError::OverlappingServiceHours { first: i, second: j, weekday: a.weekday });
                 }
             }
@@ -374,20 +511,22 @@ impl BookingPolicy {
         Some((seated, blocked))
     }
 
-    /// True when the seated window lies entirely inside one service period of the
-    /// restaurant-local weekday of its start. (The buffer may run past closing.)
+    /// True when the seated window lies entirely inside one service period: one that opens
+    /// on the local date of its start, or one that opened the day before and crosses midnight.
+    /// Boundaries are wall-clock times on the restaurant's clock, DST included (see
+    /// [`ServiceHours::instants`]). (The buffer may run past closing.)
     pub fn within_service_hours(&self, seated: &Window) -> bool {
-        let offset = Duration::minutes(i64::from(self.utc_offset_minutes));
-        // Work in "local time expressed as UTC" so chrono's date helpers give local dates.
-        let Some(local) = seated.checked_shifted(offset) else {
+        let clock = self.clock();
+        let Some(local) = clock.local(seated.start()) else {
             return false;
         };
-        let local_midnight = local.start().date_naive().and_time(NaiveTime::MIN).and_utc();
-        let weekday = local.start().weekday().num_days_from_monday();
-        self.service_hours.iter().filter(|sh| u32::from(sh.weekday) == weekday).any(|sh| {
-            let opens = local_midnight + Duration::minutes(i64::from(sh.opens_minute));
-            let closes = local_midnight + Duration::minutes(i64::from(sh.closes_minute));
-            opens <= local.start() && local.end() <= closes
+        let today = local.date();
+        [today.pred_opt(), Some(today)].into_iter().flatten().any(|day| {
+            let weekday = day.weekday().num_days_from_monday();
+            self.service_hours.iter().filter(|sh| u32::from(sh.weekday) == weekday).any(|sh| {
+                sh.instants(&clock, day)
+                    .is_some_and(|(opens, closes)| opens <= seated.start() && seated.end() <= closes)
+            })
         })
     }
 
@@ -395,15 +534,56 @@ impl BookingPolicy {
         self.tables.iter().find(|t| t.id == id)
     }
 
-    /// Local midnight (as a UTC instant) of the restaurant-local day containing `t`.
-    pub fn local_midnight_utc(&self, t: DateTime<Utc>) -> DateTime<Utc> {
-        let offset = Duration::minutes(i64::from(self.utc_offset_minutes));
-        let local = t + offset;
-        local.date_naive().and_time(NaiveTime::MIN).and_utc() - offset
+    /// The restaurant's clock: its `time_zone`, else the legacy fixed `utc_offset_minutes`.
+    /// (A policy naming neither, or an offset chrono cannot represent, fails validation; it
+    /// reads as UTC here so that this stays total.)
+    pub fn clock(&self) -> RestaurantClock {
+        match (self.time_zone, self.utc_offset_minutes) {
+            (Some(zone), _) => RestaurantClock::Zone(zone.tz()),
+            (None, Some(minutes)) => minutes
+                .checked_mul(60)
+                .and_then(FixedOffset::east_opt)
+                .map_or(RestaurantClock::UTC, RestaurantClock::Fixed),
+            (None, None) => RestaurantClock::UTC,
+        }
+    }
+
+    /// Is `start` bookable at `now` under the booking horizon? Not in the past, at least
+    /// `min_lead_minutes` ahead, at most `max_days_ahead` days ahead. Any start that passes is
+    /// within a few years of `now`, so every later computation on it (windows, the database's
+    /// timestamp range) is in range: extreme timestamps are refused here, never overflow later.
+    pub fn check_start(&self, start: DateTime<Utc>, now: DateTime<Utc>) -> Result<(), StartError> {
+        let h = self.booking_horizon;
+        if start < now {
+            return Err(StartError::InPast);
+        }
+        let Some((earliest, latest)) = h.range(now) else {
+            return Err(StartError::BeyondHorizon { max_days_ahead: h.max_days_ahead });
+        };
+        if start < earliest {
+            return Err(StartError::TooSoon { min_lead_minutes: h.min_lead_minutes });
+        }
+        if start > latest {
+            return Err(StartError::BeyondHorizon { max_days_ahead: h.max_days_ahead });
+        }
+        Ok(())
+    }
+
+    /// The instant a guest means by a wall-clock start at this restaurant: refused when the
+    /// clocks skip it that day (DST gap), the first occurrence when it occurs twice.
+    pub fn local_start(&self, local: chrono::NaiveDateTime) -> Result<DateTime<Utc>, StartError> {
+        Ok(self.clock().to_instant(local)?)
+    }
+
+    /// `t` as a guest reads it at this restaurant, e.g. "Sat 28 Mar 2026, 19:30 GMT".
+    pub fn render_local(&self, t: DateTime<Utc>) -> String {
+        crate::local_time::render_local(&self.clock(), t)
     }
 
     /// A small, realistic floor plan with fixed table ids (shared by tests, the local seed and
-    /// the load test): 8 tables in zones "main" and "patio", service 11:00–23:00 daily, UTC.
+    /// the load test): 8 tables in zones "main" and "patio", service 11:00–23:00 daily,
+    /// Europe/London (so UTC in winter: the tests' fixed January dates are 11:00–23:00 UTC),
+    /// the default booking horizon.
     ///
     /// | label | zone  | seats | min | mergeable | adjacent |
     /// |-------|-------|-------|-----|-----------|----------|
@@ -428,7 +608,8 @@ impl BookingPolicy {
         };
         BookingPolicy {
             version,
-            utc_offset_minutes: 0,
+            time_zone: Some(TimeZoneName::parse("Europe/London").expect("a tz database zone")),
+            utc_offset_minutes: None,
             service_hours: (0..7)
                 .map(|weekday| ServiceHours { weekday, opens_minute: 11 * 60, closes_minute: 23 * 60 })
                 .collect(),
@@ -443,6 +624,7 @@ impl BookingPolicy {
             max_merge_tables: 3,
             slot_minutes: 15,
             guest_limits: GuestLimits::DEFAULT,
+            booking_horizon: BookingHorizon::DEFAULT,
             tables: vec![
                 table(1, "M1", "main", 1, 2, true, &[2]),
                 table(2, "M2", "main", 1, 2, true, &[1, 3]),
@@ -515,7 +697,8 @@ mod tests {
         let b = TableId(Uuid::from_u128(2));
         BookingPolicy {
             version: 7,
-            utc_offset_minutes: 60,
+            time_zone: None,
+            utc_offset_minutes: Some(60),
             service_hours: vec![ServiceHours { weekday: 4, opens_minute: 1080, closes_minute: 1440 }],
             turn_times: vec![TurnTime { max_party: 4, minutes: 90 }],
             buffer_minutes: 10,
@@ -523,6 +706,7 @@ mod tests {
             max_merge_tables: 2,
             slot_minutes: 30,
             guest_limits: GuestLimits::DEFAULT,
+            booking_horizon: BookingHorizon::DEFAULT,
             tables: vec![
                 TableSpec {
                     id: b,
@@ -588,8 +772,16 @@ mod tests {
         // policy, prefixed and sha256'd, gives this value.
         assert_eq!(
             BookingPolicy::demo(1).content_hash().as_str(),
-            "f929a5c59da9e345753f7bb17d7119de7e56208d5bcf2e7bd3dee80f883b7369"
+            "67c893b3885d38c16b8870b374892b75794e2e1a60c89e5bb55bffedfd55d329"
         );
+        // The demo moved from `utc_offset_minutes: 0` to `time_zone: "Europe/London"` (a content
+        // change, hence the new value above). The same policy in its old shape still hashes to
+        // the value pinned before zones existed: the canonical form of stored policies did not
+        // change, so POLICY_HASH_PREFIX did not need a bump.
+        let mut legacy = BookingPolicy::demo(1);
+        legacy.time_zone = None;
+        legacy.utc_offset_minutes = Some(0);
+        assert_eq!(legacy.content_hash().as_str(), "f929a5c59da9e345753f7bb17d7119de7e56208d5bcf2e7bd3dee80f883b7369");
     }
 
     #[test]
@@ -649,7 +841,7 @@ mod tests {
     /// a case here fails `changing_any_field_changes_the_hash`.
     const MUTATIONS: &[Mutation] = &[
         ("version", |p| p.version += 1),
-        ("utc_offset_minutes", |p| p.utc_offset_minutes += 60),
+        ("time_zone", |p| p.time_zone = TimeZoneName::parse("Europe/Dublin").ok()),
         ("service_hours", |p| {
             p.service_hours.pop();
         }),
@@ -776,7 +968,8 @@ mod tests {
         p.service_hours.push(ServiceHours { weekday: 2, opens_minute: 22 * 60, closes_minute: 1440 });
         p.slot_minutes = 0;
         p.max_merge_tables = 0;
-        p.utc_offset_minutes = -1081;
+        p.time_zone = None;
+        p.utc_offset_minutes = Some(-1081);
 
         let errors = p.validate().expect_err("invalid");
         let expected = [
@@ -846,7 +1039,8 @@ mod tests {
             ServiceHours { weekday: 4, opens_minute: 15 * 60, closes_minute: 1440 },
             ServiceHours { weekday: 5, opens_minute: 0, closes_minute: 120 },
         ];
-        p.utc_offset_minutes = MAX_UTC_OFFSET_MINUTES;
+        p.time_zone = None;
+        p.utc_offset_minutes = Some(MAX_UTC_OFFSET_MINUTES);
         p.max_merge_tables = MAX_MERGE_TABLES_LIMIT;
         assert_eq!(p.validate(), Ok(()));
     }
@@ -884,9 +1078,9 @@ mod tests {
     }
 
     #[test]
-    fn service_hours_in_utc() {
-        let p = BookingPolicy::demo(1); // 11:00–23:00 daily, UTC
-        let day = |h, m| at(2025, 6, 13, h, m);
+    fn service_hours_in_london_winter_are_utc() {
+        let p = BookingPolicy::demo(1); // 11:00–23:00 daily, Europe/London = UTC in January
+        let day = |h, m| at(2026, 1, 9, h, m);
         assert!(p.within_service_hours(&win(day(11, 0), 90)));
         assert!(p.within_service_hours(&win(day(21, 30), 90))); // ends exactly at close
         assert!(!p.within_service_hours(&win(day(21, 31), 90)));
@@ -897,8 +1091,9 @@ mod tests {
     #[test]
     fn service_hours_use_local_weekday_and_offset() {
         let mut p = BookingPolicy::demo(1);
-        // Open only Saturdays (5) 10:00–14:00 local, at UTC+10.
-        p.utc_offset_minutes = 600;
+        // Open only Saturdays (5) 10:00–14:00 local, at a fixed UTC+10 (a legacy policy).
+        p.time_zone = None;
+        p.utc_offset_minutes = Some(600);
         p.service_hours = vec![ServiceHours { weekday: 5, opens_minute: 600, closes_minute: 840 }];
         // 2025-06-14 is a Saturday. 10:00 local Saturday = 00:00 UTC Saturday.
         assert!(p.within_service_hours(&win(at(2025, 6, 14, 0, 0), 120)));
@@ -909,12 +1104,11 @@ mod tests {
         assert!(!p.within_service_hours(&win(at(2025, 6, 13, 0, 0), 60)));
 
         // Negative offset moves the local date back: UTC-5, open Friday (4) 20:00–24:00 local.
-        p.utc_offset_minutes = -300;
+        p.utc_offset_minutes = Some(-300);
         p.service_hours = vec![ServiceHours { weekday: 4, opens_minute: 1200, closes_minute: 1440 }];
         // Saturday 01:00 UTC = Friday 20:00 local.
         assert!(p.within_service_hours(&win(at(2025, 6, 14, 1, 0), 240)));
         assert!(!p.within_service_hours(&win(at(2025, 6, 14, 1, 0), 241)));
-        assert_eq!(p.local_midnight_utc(at(2025, 6, 14, 1, 0)), at(2025, 6, 13, 5, 0));
     }
 
     #[test]
@@ -924,9 +1118,10 @@ mod tests {
             ServiceHours { weekday: 4, opens_minute: 12 * 60, closes_minute: 15 * 60 },
             ServiceHours { weekday: 4, opens_minute: 15 * 60, closes_minute: 22 * 60 },
         ];
-        assert!(p.within_service_hours(&win(at(2025, 6, 13, 13, 0), 120)));
-        assert!(p.within_service_hours(&win(at(2025, 6, 13, 15, 0), 120)));
-        assert!(!p.within_service_hours(&win(at(2025, 6, 13, 14, 0), 120)));
+        // 2026-01-09 is a Friday; London is on UTC.
+        assert!(p.within_service_hours(&win(at(2026, 1, 9, 13, 0), 120)));
+        assert!(p.within_service_hours(&win(at(2026, 1, 9, 15, 0), 120)));
+        assert!(!p.within_service_hours(&win(at(2026, 1, 9, 14, 0), 120)));
     }
 
     #[test]
@@ -934,5 +1129,239 @@ mod tests {
         let p = BookingPolicy::demo(1);
         assert_eq!(p.table(demo_table_id(3)).map(|t| t.label.as_str()), Some("M3"));
         assert!(p.table(TableId(Uuid::from_u128(0xabc))).is_none());
+    }
+
+    fn london(mut p: BookingPolicy, hours: Vec<ServiceHours>) -> BookingPolicy {
+        p.time_zone = TimeZoneName::parse("Europe/London").ok();
+        p.utc_offset_minutes = None;
+        p.service_hours = hours;
+        p
+    }
+
+    /// Friday 22:00 – Saturday 02:00 and Saturday 22:00 – Sunday 02:00, Europe/London.
+    fn late_night() -> BookingPolicy {
+        london(
+            BookingPolicy::demo(1),
+            vec![
+                ServiceHours { weekday: 4, opens_minute: 22 * 60, closes_minute: 2 * 60 },
+                ServiceHours { weekday: 5, opens_minute: 22 * 60, closes_minute: 2 * 60 },
+            ],
+        )
+    }
+
+    #[test]
+    fn legacy_bodies_with_a_fixed_offset_still_parse_and_mean_that_offset() {
+        // A body as stored before time zones: utc_offset_minutes, no time_zone, no horizon.
+        let mut body: Value = serde_json::from_str(&tiny().canonical_json()).expect("json");
+        assert_eq!(body["utc_offset_minutes"], 60);
+        assert!(body.get("time_zone").is_none() && body.get("booking_horizon").is_none());
+        body["utc_offset_minutes"] = Value::from(120);
+        let p: BookingPolicy = serde_json::from_value(body).expect("legacy body parses");
+        assert_eq!((p.time_zone, p.utc_offset_minutes), (None, Some(120)));
+        assert_eq!(p.booking_horizon, BookingHorizon::DEFAULT);
+        assert_eq!(p.clock(), RestaurantClock::Fixed(FixedOffset::east_opt(7200).expect("offset")));
+        // Fixed means fixed: the same local hours in winter and in summer.
+        assert_eq!(p.render_local(at(2026, 1, 9, 18, 0)), "Fri 9 Jan 2026, 20:00 UTC+02:00");
+        assert_eq!(p.render_local(at(2026, 7, 10, 18, 0)), "Fri 10 Jul 2026, 20:00 UTC+02:00");
+        // An unknown zone name is refused when the body is read.
+        let mut bad = serde_json::to_value(BookingPolicy::demo(1)).expect("ser");
+        bad["time_zone"] = Value::from("Europe/Atlantis");
+        assert!(serde_json::from_value::<BookingPolicy>(bad).is_err());
+    }
+
+    #[test]
+    fn exactly_one_clock_and_a_sane_horizon() {
+        let mut p = BookingPolicy::demo(1);
+        p.utc_offset_minutes = Some(0);
+        assert_eq!(p.validate(), Err(vec![PolicyError::ZoneAndOffset]));
+        p.time_zone = None;
+        p.utc_offset_minutes = None;
+        assert_eq!(p.validate(), Err(vec![PolicyError::NoClock]));
+        assert_eq!(p.clock(), RestaurantClock::UTC);
+
+        let mut p = BookingPolicy::demo(1);
+        p.booking_horizon = BookingHorizon { min_lead_minutes: MAX_LEAD_MINUTES_LIMIT + 1, max_days_ahead: 0 };
+        assert_eq!(
+            p.validate(),
+            Err(vec![PolicyError::MaxDaysAheadOutOfRange(0), PolicyError::LeadTimeTooLong(MAX_LEAD_MINUTES_LIMIT + 1)])
+        );
+        p.booking_horizon = BookingHorizon { min_lead_minutes: 0, max_days_ahead: MAX_DAYS_AHEAD_LIMIT + 1 };
+        assert_eq!(p.validate(), Err(vec![PolicyError::MaxDaysAheadOutOfRange(MAX_DAYS_AHEAD_LIMIT + 1)]));
+        p.booking_horizon =
+            BookingHorizon { min_lead_minutes: MAX_LEAD_MINUTES_LIMIT, max_days_ahead: MAX_DAYS_AHEAD_LIMIT };
+        assert_eq!(p.validate(), Ok(()));
+    }
+
+    #[test]
+    fn time_zone_and_horizon_are_hashed_and_the_default_horizon_is_left_out() {
+        let base = BookingPolicy::demo(1);
+        assert!(base.canonical_json().contains(r#""time_zone":"Europe/London""#));
+        assert!(!base.canonical_json().contains("utc_offset_minutes"));
+        assert!(!base.canonical_json().contains("booking_horizon"));
+        let mut legacy = base.clone();
+        legacy.time_zone = None;
+        legacy.utc_offset_minutes = Some(0);
+        let mut shifted = legacy.clone();
+        shifted.utc_offset_minutes = Some(60);
+        assert_ne!(legacy.content_hash(), shifted.content_hash());
+        assert_ne!(legacy.content_hash(), base.content_hash(), "UTC+0 all year is not Europe/London");
+        for mutate in
+            [(|h: &mut BookingHorizon| h.min_lead_minutes += 1) as fn(&mut BookingHorizon), |h| h.max_days_ahead = 3650]
+        {
+            let mut p = base.clone();
+            mutate(&mut p.booking_horizon);
+            assert_ne!(p.content_hash(), base.content_hash());
+            let back: BookingPolicy = serde_json::from_str(&serde_json::to_string(&p).expect("ser")).expect("de");
+            assert_eq!(back, p, "round trip keeps the horizon");
+        }
+    }
+
+    #[test]
+    fn horizon_edges() {
+        let p = BookingPolicy::demo(1); // 15 minutes .. 180 days
+        let now = at(2026, 11, 29, 18, 0);
+        let sec = Duration::seconds(1);
+        assert_eq!(p.check_start(now - sec, now), Err(StartError::InPast));
+        assert_eq!(p.check_start(now, now), Err(StartError::TooSoon { min_lead_minutes: 15 }));
+        let earliest = now + Duration::minutes(15);
+        assert_eq!(p.check_start(earliest - sec, now), Err(StartError::TooSoon { min_lead_minutes: 15 }));
+        assert_eq!(p.check_start(earliest, now), Ok(()));
+        let latest = now + Duration::days(180);
+        assert_eq!(p.check_start(latest, now), Ok(()));
+        assert_eq!(p.check_start(latest + sec, now), Err(StartError::BeyondHorizon { max_days_ahead: 180 }));
+        assert_eq!(StartError::TooSoon { min_lead_minutes: 15 }.to_string(), "must be at least 15 minutes from now");
+
+        let mut wide = p.clone();
+        wide.booking_horizon = BookingHorizon { min_lead_minutes: 0, max_days_ahead: 3650 };
+        assert_eq!(wide.check_start(now, now), Ok(()));
+        assert_eq!(wide.check_start(at(2030, 1, 7, 19, 0), now), Ok(()));
+    }
+
+    #[test]
+    fn out_of_range_starts_are_refused_without_panicking() {
+        let p = BookingPolicy::demo(1);
+        let now = at(2026, 11, 29, 18, 0);
+        let far = DateTime::parse_from_rfc3339("+262142-12-31T22:00:00Z").map(|t| t.to_utc());
+        let starts = [DateTime::<Utc>::MIN_UTC, DateTime::<Utc>::MAX_UTC, at(1, 1, 1, 0, 0), at(9999, 12, 31, 0, 0)];
+        for start in starts.into_iter().chain(far) {
+            assert!(p.check_start(start, now).is_err(), "{start}");
+            // Nothing downstream panics on them either.
+            for party in [1, 10] {
+                let _ = p.block_window(start, party);
+            }
+            for back in [Duration::zero(), Duration::days(1), Duration::minutes(150)] {
+                if let Some((seated, _)) = start.checked_sub_signed(back).and_then(|s| p.block_window(s, 2)) {
+                    let _ = p.within_service_hours(&seated);
+                }
+            }
+            let _ = p.render_local(start);
+        }
+        // A `now` at the very end of time cannot compute the horizon: refused, not a panic.
+        assert_eq!(
+            p.check_start(DateTime::<Utc>::MAX_UTC, DateTime::<Utc>::MAX_UTC),
+            Err(StartError::BeyondHorizon { max_days_ahead: 180 })
+        );
+    }
+
+    #[test]
+    fn a_period_may_cross_midnight() {
+        let p = late_night();
+        assert_eq!(p.validate(), Ok(()));
+        let seat = |t, minutes| p.within_service_hours(&win(t, minutes));
+        // 2026-01-09 is a Friday; London is on GMT (= UTC).
+        assert!(seat(at(2026, 1, 9, 22, 0), 90));
+        assert!(seat(at(2026, 1, 10, 0, 30), 90), "Saturday 00:30 belongs to Friday's period");
+        assert!(seat(at(2026, 1, 10, 1, 0), 60), "…up to its 02:00 close");
+        assert!(!seat(at(2026, 1, 10, 1, 0), 61));
+        assert!(!seat(at(2026, 1, 9, 21, 59), 30));
+        // Thursday night has no period; Sunday 01:00 belongs to Saturday's.
+        assert!(!seat(at(2026, 1, 9, 0, 30), 60));
+        assert!(seat(at(2026, 1, 11, 1, 0), 60));
+        assert!(!seat(at(2026, 1, 12, 1, 0), 60));
+    }
+
+    #[test]
+    fn crossing_periods_overlap_the_next_day_and_sunday_wraps_to_monday() {
+        let mut p = late_night();
+        p.service_hours.push(ServiceHours { weekday: 5, opens_minute: 60, closes_minute: 4 * 60 });
+        assert_eq!(p.validate(), Err(vec![PolicyError::OverlappingServiceHours { first: 0, second: 2, weekday: 4 }]));
+        let mut p = late_night();
+        p.service_hours.push(ServiceHours { weekday: 5, opens_minute: 2 * 60, closes_minute: 4 * 60 });
+        assert_eq!(p.validate(), Ok(()), "touching is fine");
+        let mut p = late_night();
+        p.service_hours = vec![
+            ServiceHours { weekday: 6, opens_minute: 23 * 60, closes_minute: 60 },
+            ServiceHours { weekday: 0, opens_minute: 30, closes_minute: 120 },
+        ];
+        assert_eq!(p.validate(), Err(vec![PolicyError::OverlappingServiceHours { first: 0, second: 1, weekday: 6 }]));
+        p.service_hours[1].opens_minute = 0;
+        p.service_hours[1].closes_minute = 0;
+        assert!(p.validate().is_err(), "equal minutes are refused");
+        p.service_hours = vec![ServiceHours { weekday: 1, opens_minute: 1440, closes_minute: 60 }];
+        assert_eq!(p.validate(), Err(vec![PolicyError::OpensAfterMidnight { index: 0, opens: 1440 }]));
+    }
+
+    #[test]
+    fn dst_spring_forward_london_2026() {
+        // Saturday 28 March 22:00 GMT to Sunday 29 March 02:00 BST: the clocks skip 01:00–02:00,
+        // so the period lasts three hours (22:00Z .. 01:00Z).
+        let p = late_night();
+        let seat = |t, minutes| p.within_service_hours(&win(t, minutes));
+        assert!(seat(at(2026, 3, 28, 22, 0), 180));
+        assert!(!seat(at(2026, 3, 28, 22, 0), 181));
+        assert!(seat(at(2026, 3, 28, 23, 30), 90), "ends 01:00Z = 02:00 BST, the close");
+        assert!(!seat(at(2026, 3, 29, 0, 30), 90), "00:30 GMT + 90 min = 03:00 BST, after close");
+        // 01:30Z is 02:30 BST: after close (a client that read 01:30 as GMT gets no seating).
+        assert!(!seat(at(2026, 3, 29, 1, 30), 15));
+        // A wall-clock 01:30 that night does not exist: refused, never guessed.
+        let gap = NaiveDate::from_ymd_opt(2026, 3, 29).and_then(|d| d.and_hms_opt(1, 30, 0)).expect("naive");
+        assert!(matches!(p.local_start(gap), Err(StartError::LocalTime(LocalTimeError::Nonexistent { .. }))));
+        let seven = NaiveDate::from_ymd_opt(2026, 3, 29).and_then(|d| d.and_hms_opt(19, 0, 0)).expect("naive");
+        assert_eq!(p.local_start(seven), Ok(at(2026, 3, 29, 18, 0)));
+        // The daytime demo hours follow BST from that day on: 11:00–23:00 BST = 10:00–22:00Z.
+        let demo = BookingPolicy::demo(1);
+        assert!(demo.within_service_hours(&win(at(2026, 3, 29, 10, 0), 90)));
+        assert!(!demo.within_service_hours(&win(at(2026, 3, 29, 21, 0), 90)));
+        assert!(demo.within_service_hours(&win(at(2026, 3, 28, 21, 0), 90)), "the day before: GMT");
+    }
+
+    #[test]
+    fn dst_fall_back_london_2026() {
+        // Saturday 24 October 22:00 BST (21:00Z) to Sunday 25 October 02:00 GMT (02:00Z): the
+        // clocks repeat 01:00–02:00, so the period lasts five hours.
+        let p = late_night();
+        let seat = |t, minutes| p.within_service_hours(&win(t, minutes));
+        assert!(seat(at(2026, 10, 24, 21, 0), 300));
+        assert!(!seat(at(2026, 10, 24, 20, 59), 60));
+        // Both instants showing 01:30 are in the period (an instant is never ambiguous).
+        assert!(seat(at(2026, 10, 25, 0, 30), 30), "01:30 BST");
+        assert!(seat(at(2026, 10, 25, 1, 30), 30), "01:30 GMT");
+        assert!(!seat(at(2026, 10, 25, 1, 30), 31));
+
+        // An ambiguous boundary is its first occurrence: a service closing at 01:30 closes at
+        // 01:30 BST (00:30Z); the repeated hour after it is closed.
+        let mut early = late_night();
+        early.service_hours[1].closes_minute = 90;
+        let seat = |t, minutes| early.within_service_hours(&win(t, minutes));
+        assert!(seat(at(2026, 10, 24, 23, 0), 90), "ends 00:30Z = first 01:30");
+        assert!(!seat(at(2026, 10, 24, 23, 0), 91));
+        assert!(!seat(at(2026, 10, 25, 1, 0), 15), "01:00 GMT, the second time round: closed");
+        // And a wall-clock 01:30 start means the first one.
+        let twice = NaiveDate::from_ymd_opt(2026, 10, 25).and_then(|d| d.and_hms_opt(1, 30, 0)).expect("naive");
+        assert_eq!(early.local_start(twice), Ok(at(2026, 10, 25, 0, 30)));
+        // Rendering tells the two apart.
+        assert_eq!(p.render_local(at(2026, 10, 25, 0, 30)), "Sun 25 Oct 2026, 01:30 BST");
+        assert_eq!(p.render_local(at(2026, 10, 25, 1, 30)), "Sun 25 Oct 2026, 01:30 GMT");
+    }
+
+    #[test]
+    fn a_boundary_in_the_gap_is_the_jump() {
+        // A period opening at 01:30 on spring-forward Sunday opens when the clocks jump
+        // (01:00Z = 02:00 BST), the first instant the clock shows 01:30 or later.
+        let p =
+            london(BookingPolicy::demo(1), vec![ServiceHours { weekday: 6, opens_minute: 90, closes_minute: 4 * 60 }]);
+        assert!(p.within_service_hours(&win(at(2026, 3, 29, 1, 0), 120)), "02:00–04:00 BST");
+        assert!(!p.within_service_hours(&win(at(2026, 3, 29, 0, 59), 60)));
+        assert!(!p.within_service_hours(&win(at(2026, 3, 29, 1, 0), 121)));
     }
 }

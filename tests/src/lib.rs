@@ -136,6 +136,18 @@ pub fn response_json(resp: lambda_http::Response<lambda_http::Body>) -> (u16, se
     (status, v)
 }
 
+/// A plain HTTP/1.0 GET on loopback (the emulator's `/moto-api/data.json`), body as text.
+pub async fn http_get(endpoint: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let hostport = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = tokio::net::TcpStream::connect(hostport).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {hostport}\r\n\r\n").as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.expect("read");
+    let text = String::from_utf8_lossy(&buf).to_string();
+    text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::replace_dbname;

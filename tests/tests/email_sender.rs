@@ -14,7 +14,7 @@ use email_sender::store::SendStore;
 use futures::future::BoxFuture;
 use holdfast_shared::email::{Backoff, EmailJob, EmailType};
 use holdfast_shared::ids::{BookingId, RestaurantId};
-use holdfast_tests::{wait_for, TestAws, TestDb};
+use holdfast_tests::{http_get, wait_for, TestAws, TestDb};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -473,17 +473,6 @@ async fn cancelled_bookings_skip_pending_emails_and_unknown_bookings_fail_perman
     assert_eq!(skipped[0]["error_code"], "booking_cancelled");
     assert_eq!(h.events("email.failed").await.len(), 1);
     assert_eq!(h.depth(&h.pair.queue_url).await, (0, 0, 0));
-}
-
-async fn http_get(endpoint: &str, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let hostport = endpoint.trim_start_matches("http://").trim_end_matches('/');
-    let mut s = tokio::net::TcpStream::connect(hostport).await.expect("connect");
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {hostport}\r\n\r\n").as_bytes()).await.expect("write");
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.expect("read");
-    let text = String::from_utf8_lossy(&buf).to_string();
-    text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
 }
 
 #[tokio::test]

@@ -20,6 +20,10 @@ struct Ctx {
 /// A future weekday evening inside the demo policy's service hours.
 const START: &str = "2030-01-07T19:00:00Z";
 
+/// Booking horizon of every policy these tests publish (the default 180 days would refuse the
+/// fixed 2030 dates).
+const TEST_MAX_DAYS_AHEAD: u32 = 3650;
+
 impl Ctx {
     async fn new() -> Ctx {
         Self::with_pool(16).await
@@ -29,7 +33,9 @@ impl Ctx {
         let db = TestDb::with_pool_size(size).await;
         let aws = TestAws::new().await;
         let restaurant = RestaurantId::new_random();
-        let policy = BookingPolicy::demo(1);
+        let mut policy = BookingPolicy::demo(1);
+        // Fixed dates in 2030 (START): a booking horizon that reaches them whatever today is.
+        policy.booking_horizon.max_days_ahead = TEST_MAX_DAYS_AHEAD;
         let c = db.pool.get().await.expect("conn");
         holds_api::store::publish_policy(&c, restaurant, "Test Bistro", &policy).await.expect("publish");
         drop(c);
@@ -269,6 +275,7 @@ async fn policy_drift_requotes_and_confirms_once_and_notifies_ops_once() {
     let (_, h1) = t.hold(None, START, 2).await;
     let (_, h2) = t.hold(None, "2030-01-07T12:00:00Z", 2).await;
     let mut v2 = BookingPolicy::demo(2);
+    v2.booking_horizon.max_days_ahead = TEST_MAX_DAYS_AHEAD;
     v2.buffer_minutes += 15; // any field changes the hash
     let c = t.db.pool.get().await.expect("conn");
     holds_api::store::publish_policy(&c, t.restaurant, "Test Bistro", &v2).await.expect("publish v2");
@@ -302,6 +309,7 @@ async fn drift_with_nothing_left_is_a_409_and_keeps_the_hold() {
     let t = Ctx::new().await;
     let (_, h) = t.hold(None, START, 2).await;
     let mut v2 = BookingPolicy::demo(2);
+    v2.booking_horizon.max_days_ahead = TEST_MAX_DAYS_AHEAD;
     v2.service_hours.clear(); // closed: nothing can be re-quoted
     let c = t.db.pool.get().await.expect("conn");
     holds_api::store::publish_policy(&c, t.restaurant, "Test Bistro", &v2).await.expect("publish v2");

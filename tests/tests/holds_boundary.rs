@@ -27,6 +27,8 @@ impl Ctx {
         let restaurant = RestaurantId::new_random();
         let mut policy = BookingPolicy::demo(1);
         policy.guest_limits = limits;
+        // Fixed dates in 2030 (DAY): a booking horizon that reaches them whatever today is.
+        policy.booking_horizon.max_days_ahead = 3650;
         let c = db.pool.get().await.expect("conn");
         holds_api::store::publish_policy(&c, restaurant, "Test Bistro", &policy).await.expect("publish");
         drop(c);

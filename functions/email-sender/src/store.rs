@@ -54,6 +54,8 @@ pub struct BookingRow {
     pub starts_at: DateTime<Utc>,
     pub guest_name: Option<String>,
     pub guest_email: Option<String>,
+    /// Bumped by every change and cancellation: emails about older revisions are superseded.
+    pub revision: i32,
 }
 
 #[derive(Clone)]
@@ -179,7 +181,7 @@ WITH input AS (
     RETURNING s.dedupe_key, s.attempts
 )
 SELECT i.dedupe_key, c.attempts, e.state, e.claimed_until,
-       b.restaurant_id, b.status, b.party_size, b.starts_at, b.guest_name, b.guest_email, r.name
+       b.restaurant_id, b.status, b.party_size, b.starts_at, b.guest_name, b.guest_email, r.name, b.revision
 FROM input i
 LEFT JOIN claimed c ON c.dedupe_key = i.dedupe_key
 LEFT JOIN email_sends e ON e.dedupe_key = i.dedupe_key
@@ -342,6 +344,7 @@ fn claim_row(row: &tokio_postgres::Row) -> ClaimRow {
         starts_at: row.get(7),
         guest_name: row.get(8),
         guest_email: row.get(9),
+        revision: row.get(11),
     });
     ClaimRow { dedupe_key: DedupeKey::from(row.get::<_, String>(0)), state, booking, restaurant_name: row.get(10) }
 }

@@ -1,12 +1,15 @@
 //! HTTP routing for the flag approver (API Gateway HTTP API payload v2 behind a JWT
 //! authorizer, or the local gateway). The actor is always the authorizer's identity
-//! (`http::caller`); request bodies refuse unknown fields, so a body cannot claim an actor.
+//! (`identity::caller`: subject and groups); request bodies refuse unknown fields, so a body
+//! cannot claim an actor. Every route asks `auth::authorize` once, here, before anything else:
+//! no identity is 401, a caller without the route's role (a guest) is 403.
 
 use crate::error::ApproverError;
 use crate::service::{Caller, FlagApprover, ProposeInput};
 use crate::store::{AuditQuery, AUDIT_DEFAULT_LIMIT, AUDIT_MAX_LIMIT};
 use holdfast_adapters::http::{self, Problem};
-use holdfast_shared::flags::{Actor, Environment};
+use holdfast_shared::auth::{self, Action, Decision, Resource, FLAG_APPROVERS_GROUP, OPS_GROUP};
+use holdfast_shared::flags::{Actor, ChangeRequest, Environment, MAX_CHANGES};
 use holdfast_shared::ids::ProposalId;
 use lambda_http::http::{header, HeaderValue, Method, StatusCode};
 use lambda_http::{Body, Request, RequestExt, Response};
@@ -38,19 +41,53 @@ pub async fn handle(svc: &FlagApprover, req: Request) -> Response<Body> {
     }
 }
 
+/// A proposal or break-glass: either one flag (`flag` + `value`, the original shape) or several
+/// (`changes`), never both.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ProposeBody {
-    flag: String,
     environment: Environment,
+    flag: Option<String>,
     /// A string, boolean or integer; canonicalised by the registry.
-    value: Value,
+    value: Option<Value>,
+    changes: Option<Vec<ChangeBody>>,
     reason: String,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangeBody {
+    flag: String,
+    value: Value,
+}
+
+impl ProposeBody {
+    fn into_input(self) -> Result<ProposeInput, ApproverError> {
+        let changes = match (self.flag, self.value, self.changes) {
+            (Some(flag), Some(value), None) => vec![ChangeRequest::new(flag, raw_value(&value, "value")?)],
+            (None, None, Some(list)) => {
+                if list.is_empty() || list.len() > MAX_CHANGES {
+                    return Err(invalid(Problem::validation("changes", format!("expected 1..={MAX_CHANGES} changes"))));
+                }
+                list.into_iter()
+                    .enumerate()
+                    .map(|(i, c)| Ok(ChangeRequest::new(c.flag, raw_value(&c.value, &format!("changes[{i}].value"))?)))
+                    .collect::<Result<_, ApproverError>>()?
+            }
+            (_, _, Some(_)) => {
+                return Err(invalid(Problem::validation("changes", "give either `flag` and `value` or `changes`")))
+            }
+            (None, _, None) => return Err(invalid(Problem::validation("flag", "missing field `flag`"))),
+            (Some(_), None, None) => return Err(invalid(Problem::validation("value", "missing field `value`"))),
+        };
+        Ok(ProposeInput { env: self.environment, changes, reason: reason(&self.reason, "reason")? })
+    }
+}
+
+/// Approve and acknowledge: an optional reason.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ApproveBody {
+struct ReasonBody {
     reason: Option<String>,
 }
 
@@ -68,10 +105,42 @@ fn invalid(p: Problem) -> ApproverError {
     ApproverError::Invalid(p)
 }
 
-fn caller(req: &Request) -> Result<Caller, ApproverError> {
-    let raw = http::caller(req).ok_or(ApproverError::Unauthenticated)?;
-    let actor = Actor::new(&raw).map_err(|_| ApproverError::Unauthenticated)?;
-    Ok(Caller { actor, request_id: http::request_id(req) })
+/// The caller, authorized for `action` on the flags surface: the one place the flag routes
+/// ask [`auth::authorize`].
+fn authorized(req: &Request, action: Action) -> Result<Caller, ApproverError> {
+    let caller = holdfast_adapters::identity::caller(req).ok_or(ApproverError::Unauthenticated)?;
+    match auth::authorize(&caller, action, &Resource::Flags) {
+        Decision::Allow => {}
+        Decision::NotFound => return Err(ApproverError::NotFound),
+        Decision::Forbidden => {
+            let needs = match action {
+                Action::FlagApprove => FLAG_APPROVERS_GROUP,
+                Action::FlagReadProposal | Action::FlagApply | Action::FlagAcknowledgeReview => {
+                    "holdfast-ops or holdfast-flag-approvers"
+                }
+                _ => OPS_GROUP,
+            };
+            return Err(ApproverError::Forbidden { needs });
+        }
+    }
+    Ok(Caller { actor: Actor::of_subject(&caller.subject), request_id: http::request_id(req) })
+}
+
+/// The action of a known route, `None` for a method the route does not take.
+fn action_of(method: &Method, segs: &[&str]) -> Option<Action> {
+    Some(match (method, segs) {
+        (&Method::POST, ["flags", "proposals"]) => Action::FlagPropose,
+        (&Method::GET, ["flags", "proposals", _]) => Action::FlagReadProposal,
+        (&Method::POST, ["flags", "proposals", _, "approve"]) => Action::FlagApprove,
+        (&Method::POST, ["flags", "proposals", _, "reject"]) => Action::FlagReject,
+        (&Method::POST, ["flags", "proposals", _, "apply"]) => Action::FlagApply,
+        (&Method::POST, ["flags", "break-glass"]) => Action::FlagBreakGlass,
+        (&Method::GET, ["flags", "reviews"]) => Action::FlagReadProposal,
+        (&Method::POST, ["flags", "reviews", _, "acknowledge"]) => Action::FlagAcknowledgeReview,
+        (&Method::GET, ["flags", "audit"]) => Action::FlagReadAudit,
+        (&Method::GET, ["flags", "matrix"]) => Action::FlagReadMatrix,
+        _ => return None,
+    })
 }
 
 /// A body that may be omitted (approve, apply): empty means `{}`.
@@ -98,12 +167,12 @@ fn reason(raw: &str, field: &str) -> Result<String, ApproverError> {
     Ok(r.to_string())
 }
 
-fn raw_value(v: &Value) -> Result<String, ApproverError> {
+fn raw_value(v: &Value, field: &str) -> Result<String, ApproverError> {
     match v {
         Value::String(s) => Ok(s.clone()),
         Value::Bool(b) => Ok(b.to_string()),
         Value::Number(n) if n.is_i64() => Ok(n.to_string()),
-        _ => Err(invalid(Problem::validation("value", "expected a string, a boolean or an integer"))),
+        _ => Err(invalid(Problem::validation(field, "expected a string, a boolean or an integer"))),
     }
 }
 
@@ -154,57 +223,144 @@ async fn route(svc: &FlagApprover, req: &Request) -> Result<(StatusCode, Value),
         ["flags", "proposals"]
             | ["flags", "proposals", _]
             | ["flags", "proposals", _, "approve" | "reject" | "apply"]
+            | ["flags", "break-glass"]
+            | ["flags", "reviews"]
+            | ["flags", "reviews", _, "acknowledge"]
             | ["flags", "audit"]
             | ["flags", "matrix"]
     );
     if !known {
         return Err(invalid(Problem::new(StatusCode::NOT_FOUND, "route_not_found", "no such route")));
     }
-    // Every route needs an identity: the audit trail itself names people.
-    let who = caller(req)?;
-    match (method, segs.as_slice()) {
-        (&Method::POST, ["flags", "proposals"]) => {
+    let Some(action) = action_of(method, &segs) else {
+        return Err(invalid(Problem::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{method} is not allowed here"),
+        )));
+    };
+    // Every route needs an identity (the audit trail names people) and the route's role.
+    let who = authorized(req, action)?;
+    match (action, segs.as_slice()) {
+        (Action::FlagPropose, _) => {
             let body: ProposeBody = http::parse_json(http::body_bytes(req)).map_err(invalid)?;
-            let input = ProposeInput {
-                value: raw_value(&body.value)?,
-                reason: reason(&body.reason, "reason")?,
-                flag: body.flag,
-                env: body.environment,
-            };
-            Ok((StatusCode::CREATED, json(&svc.propose(&who, input).await?)))
+            Ok((StatusCode::CREATED, json(&svc.propose(&who, body.into_input()?).await?)))
         }
-        (&Method::GET, ["flags", "proposals", id]) => Ok((StatusCode::OK, json(&svc.get(proposal_id(id)?).await?))),
-        (&Method::POST, ["flags", "proposals", id, "approve"]) => {
+        (Action::FlagBreakGlass, _) => {
+            let body: ProposeBody = http::parse_json(http::body_bytes(req)).map_err(invalid)?;
+            Ok((StatusCode::CREATED, json(&svc.break_glass(&who, body.into_input()?).await?)))
+        }
+        (Action::FlagReadProposal, ["flags", "proposals", id]) => {
+            Ok((StatusCode::OK, json(&svc.get(proposal_id(id)?).await?)))
+        }
+        (Action::FlagReadProposal, ["flags", "reviews"]) => {
+            let params = req.query_string_parameters_ref();
+            let open_only = params.and_then(|p| p.first("all")).is_none_or(|v| v != "true");
+            let reviews = svc.reviews(open_only, AUDIT_DEFAULT_LIMIT).await?;
+            Ok((StatusCode::OK, serde_json::json!({ "reviews": reviews })))
+        }
+        (Action::FlagApprove, ["flags", "proposals", id, _]) => {
             let id = proposal_id(id)?;
-            let body: ApproveBody = optional_body(req)?;
-            let why = match body.reason.as_deref().map(str::trim) {
-                None | Some("") => None,
-                Some(r) => Some(reason(r, "reason")?),
-            };
-            Ok((StatusCode::OK, json(&svc.approve(&who, id, why).await?)))
+            let body: ReasonBody = optional_body(req)?;
+            Ok((StatusCode::OK, json(&svc.approve(&who, id, optional_reason(body)?).await?)))
         }
-        (&Method::POST, ["flags", "proposals", id, "reject"]) => {
+        (Action::FlagReject, ["flags", "proposals", id, _]) => {
             let id = proposal_id(id)?;
             let body: RejectBody = http::parse_json(http::body_bytes(req)).map_err(invalid)?;
             let why = reason(&body.reason, "reason")?;
             Ok((StatusCode::OK, json(&svc.reject(&who, id, why).await?)))
         }
-        (&Method::POST, ["flags", "proposals", id, "apply"]) => {
+        (Action::FlagApply, ["flags", "proposals", id, _]) => {
             let id = proposal_id(id)?;
             let _: ApplyBody = optional_body(req)?;
             Ok((StatusCode::OK, json(&svc.apply(&who, id).await?)))
         }
-        (&Method::GET, ["flags", "audit"]) => {
+        (Action::FlagAcknowledgeReview, ["flags", "reviews", id, _]) => {
+            let id = proposal_id(id)?;
+            let body: ReasonBody = optional_body(req)?;
+            Ok((StatusCode::OK, json(&svc.acknowledge(&who, id, optional_reason(body)?).await?)))
+        }
+        (Action::FlagReadAudit, _) => {
             let q = audit_query(req)?;
             let rows = svc.audit(&q).await?;
             let next = if rows.len() as i64 == q.limit { rows.last().map(|r| r.id) } else { None };
             Ok((StatusCode::OK, serde_json::json!({ "entries": rows, "next_before": next })))
         }
-        (&Method::GET, ["flags", "matrix"]) => Ok((StatusCode::OK, json(&svc.matrix().await))),
-        _ => Err(invalid(Problem::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            format!("{method} is not allowed here"),
-        ))),
+        (Action::FlagReadMatrix, _) => Ok((StatusCode::OK, json(&svc.matrix().await))),
+        _ => Err(invalid(Problem::new(StatusCode::NOT_FOUND, "route_not_found", "no such route"))),
+    }
+}
+
+/// An optional reason (approve, acknowledge): absent or blank means none.
+fn optional_reason(body: ReasonBody) -> Result<Option<String>, ApproverError> {
+    match body.reason.as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(r) => Ok(Some(reason(r, "reason")?)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_maps_to_one_action_and_other_methods_to_none() {
+        let id = "00000000-0000-0000-0000-000000000001";
+        let cases: [(Method, Vec<&str>, Option<Action>); 12] = [
+            (Method::POST, vec!["flags", "proposals"], Some(Action::FlagPropose)),
+            (Method::GET, vec!["flags", "proposals", id], Some(Action::FlagReadProposal)),
+            (Method::POST, vec!["flags", "proposals", id, "approve"], Some(Action::FlagApprove)),
+            (Method::POST, vec!["flags", "proposals", id, "reject"], Some(Action::FlagReject)),
+            (Method::POST, vec!["flags", "proposals", id, "apply"], Some(Action::FlagApply)),
+            (Method::POST, vec!["flags", "break-glass"], Some(Action::FlagBreakGlass)),
+            (Method::GET, vec!["flags", "reviews"], Some(Action::FlagReadProposal)),
+            (Method::POST, vec!["flags", "reviews", id, "acknowledge"], Some(Action::FlagAcknowledgeReview)),
+            (Method::GET, vec!["flags", "audit"], Some(Action::FlagReadAudit)),
+            (Method::GET, vec!["flags", "matrix"], Some(Action::FlagReadMatrix)),
+            (Method::GET, vec!["flags", "proposals"], None),
+            (Method::DELETE, vec!["flags", "proposals", id], None),
+        ];
+        for (method, segs, want) in cases {
+            assert_eq!(action_of(&method, &segs), want, "{method} {segs:?}");
+        }
+    }
+
+    fn body(v: Value) -> Result<ProposeInput, ApproverError> {
+        serde_json::from_value::<ProposeBody>(v).expect("shape").into_input()
+    }
+
+    #[test]
+    fn propose_body_takes_one_flag_or_a_list_never_both() {
+        let one = body(
+            serde_json::json!({ "environment": "dev", "flag": "holds.ttlSeconds", "value": 300, "reason": " r " }),
+        )
+        .expect("single");
+        assert_eq!(one.changes, vec![ChangeRequest::new("holds.ttlSeconds", "300")]);
+        assert_eq!(one.reason, "r");
+        let many = body(serde_json::json!({ "environment": "prod", "reason": "r", "changes": [
+            { "flag": "holds.strictConflicts", "value": false },
+            { "flag": "holds.strictConflicts.killSwitchReason", "value": "INC-1" }
+        ]}))
+        .expect("grouped");
+        assert_eq!(many.changes.len(), 2);
+        assert_eq!(many.changes[0].value, "false");
+        let field = |v: Value| match body(v) {
+            Err(ApproverError::Invalid(p)) => p.field,
+            other => panic!("expected a 422, got {other:?}"),
+        };
+        let both = serde_json::json!({ "environment": "dev", "flag": "a", "value": 1, "changes": [], "reason": "r" });
+        assert_eq!(field(both).as_deref(), Some("changes"));
+        assert_eq!(
+            field(serde_json::json!({ "environment": "dev", "changes": [], "reason": "r" })).as_deref(),
+            Some("changes")
+        );
+        assert_eq!(field(serde_json::json!({ "environment": "dev", "reason": "r" })).as_deref(), Some("flag"));
+        assert_eq!(
+            field(serde_json::json!({ "environment": "dev", "flag": "a", "reason": "r" })).as_deref(),
+            Some("value")
+        );
+        let bad =
+            serde_json::json!({ "environment": "dev", "reason": "r", "changes": [{ "flag": "a", "value": 1.5 }] });
+        assert_eq!(field(bad).as_deref(), Some("changes[0].value"));
     }
 }

@@ -17,6 +17,9 @@ pub enum ApproverError {
     /// No identity from the API Gateway authorizer.
     #[error("unauthenticated")]
     Unauthenticated,
+    /// The caller lacks the role the route needs (`auth::authorize`).
+    #[error("this route needs the {needs} role")]
+    Forbidden { needs: &'static str },
     #[error("proposal not found")]
     NotFound,
     /// The change itself is refused (type/range, contradiction rules, stale base, no change).
@@ -54,6 +57,7 @@ impl ApproverError {
         match self {
             Self::Invalid(p) => p.code,
             Self::Unauthenticated => "unauthenticated",
+            Self::Forbidden { .. } => "forbidden",
             Self::NotFound => "not_found",
             Self::Refused(r) => r.code(),
             Self::Workflow(w) => w.code(),
@@ -72,6 +76,7 @@ impl ApproverError {
             Self::Unauthenticated => {
                 Problem::new(StatusCode::UNAUTHORIZED, code, "no caller identity from the API Gateway authorizer")
             }
+            Self::Forbidden { .. } => Problem::new(StatusCode::FORBIDDEN, code, msg),
             Self::NotFound => Problem::new(StatusCode::NOT_FOUND, code, "proposal not found"),
             Self::Refused(r) => {
                 let status = match r {
@@ -86,17 +91,21 @@ impl ApproverError {
                     ChangeRefused::UnknownFlag { .. } => p.field("flag"),
                     ChangeRefused::InvalidValue(_) | ChangeRefused::NoChange { .. } => p.field("value"),
                     ChangeRefused::StaleProposal { .. } => p,
+                    ChangeRefused::ChangeCount
+                    | ChangeRefused::DuplicateFlag { .. }
+                    | ChangeRefused::BreakGlassNotAllowed { .. } => p.field("changes"),
                 }
             }
             Self::Workflow(w) => {
                 let status = match w {
-                    WorkflowError::SelfApproval => StatusCode::FORBIDDEN,
+                    WorkflowError::SelfApproval | WorkflowError::SelfReview => StatusCode::FORBIDDEN,
                     WorkflowError::Expired => StatusCode::GONE,
                     WorkflowError::UnknownFlag(_) => StatusCode::UNPROCESSABLE_ENTITY,
                     WorkflowError::DuplicateApproval(_)
                     | WorkflowError::NotPending(_)
                     | WorkflowError::NotApproved(_)
-                    | WorkflowError::InvalidTransition(..) => StatusCode::CONFLICT,
+                    | WorkflowError::InvalidTransition(..)
+                    | WorkflowError::AlreadyAcknowledged => StatusCode::CONFLICT,
                 };
                 // DuplicateApproval's message names the actor: that is the caller, fine to echo.
                 Problem::new(status, code, msg)
@@ -133,6 +142,10 @@ mod tests {
     fn each_error_maps_to_one_status() {
         let cases: Vec<(ApproverError, u16)> = vec![
             (ApproverError::Unauthenticated, 401),
+            (ApproverError::Forbidden { needs: "holdfast-ops" }, 403),
+            (ApproverError::Workflow(WorkflowError::SelfReview), 403),
+            (ApproverError::Workflow(WorkflowError::AlreadyAcknowledged), 409),
+            (ApproverError::Refused(ChangeRefused::BreakGlassNotAllowed { flag: "x".into(), why: "y".into() }), 422),
             (ApproverError::NotFound, 404),
             (ApproverError::Refused(ChangeRefused::UnknownFlag { flag: "x".into() }), 422),
             (

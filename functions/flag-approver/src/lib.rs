@@ -1,8 +1,12 @@
-//! flag approver: the HTTP API through which feature flags change. A change is proposed,
-//! validated against the target environment's flags in SSM (type, range, contradiction rules),
-//! approved by someone other than the proposer (two others for critical flags in prod), then
-//! written to SSM with a check that the parameter did not change since the proposal. Every
-//! step is appended to `flag_audit`, which the database keeps append-only.
+//! flag approver: the HTTP API through which feature flags change. A proposal (one flag or
+//! several) is made by a `holdfast-ops` member, validated against the target environment's
+//! flags in SSM (type, range, contradiction rules over the combined result), approved by
+//! `holdfast-flag-approvers` members other than the proposer (two for critical flags in prod),
+//! then written to SSM, all changes or none, with a check that no parameter changed since the
+//! proposal. Kill switches may be turned off by one ops member alone (break-glass), which is
+//! alarmed and opens a review a second person must acknowledge within 24 h; the
+//! `flag-review-sweep` binary signals overdue reviews. Every step is appended to `flag_audit`,
+//! which the database keeps append-only. Who may call which route: `auth::authorize`.
 //!
 //! It manages all three environments: environment E lives under `<root>/E` in SSM, where the
 //! root is `HOLDFAST_SSM_ROOT` (default `/holdfast`). See docs/runbooks/feature-flags.md.

@@ -1,15 +1,16 @@
-//! The change workflow with its IO: validate against SSM, persist proposals, apply to SSM,
-//! append the audit log. The rules themselves are `holdfast_shared::flags` (pure).
+//! The change workflow with its IO: validate against SSM, persist proposals, apply to SSM
+//! (all changes of a proposal or none), append the audit log, run break-glass and its review.
+//! The rules themselves are `holdfast_shared::flags` (pure).
 
 use crate::error::ApproverError;
 use crate::ssm::{EnvFlags, SsmFlags};
-use crate::store::{self, AuditAction, AuditEntry, AuditQuery, AuditRow, StoredProposal};
+use crate::store::{self, AuditAction, AuditEntry, AuditQuery, AuditRow, StoredProposal, StoredReview};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{GenericClient, Pool};
-use holdfast_shared::events::{EventContext, EventType, ObservabilityEvent, Operation, Outcome, Source};
+use holdfast_shared::events::{EventContext, EventType, ObservabilityEvent, Operation, Outcome, Severity, Source};
 use holdfast_shared::flags::{
-    self, lookup, names, Actor, ApprovalOutcome, ChangeRefused, Environment, FlagDef, FlagValue, ProposalStatus,
-    WorkflowError,
+    self, lookup, names, Actor, ApprovalOutcome, ChangeRefused, ChangeRequest, Environment, FlagDef, PlannedWrite,
+    ProposalStatus, Review, WorkflowError,
 };
 use holdfast_shared::ids::ProposalId;
 use serde::Serialize;
@@ -22,27 +23,87 @@ pub struct Caller {
     pub request_id: Option<String>,
 }
 
-/// The actor recorded for steps nobody took explicitly (expiry).
+/// The actor recorded for steps nobody took explicitly (expiry, overdue reviews).
 const SYSTEM_ACTOR: &str = "system";
 
+fn system(who: Option<&Caller>) -> Caller {
+    Caller {
+        actor: Actor::new(SYSTEM_ACTOR).expect("a valid constant identity"),
+        request_id: who.and_then(|w| w.request_id.clone()),
+    }
+}
+
+/// A proposal (or a break-glass) as asked for: one environment, one or more changes, a reason.
 #[derive(Debug, Clone)]
 pub struct ProposeInput {
-    pub flag: String,
     pub env: Environment,
-    /// The new value as a raw string (canonicalised by the registry).
-    pub value: String,
+    /// New values as raw strings (canonicalised by the registry).
+    pub changes: Vec<ChangeRequest>,
     pub reason: String,
+}
+
+/// One change of a proposal as the API shows it (values redacted for secret flags).
+#[derive(Debug, Clone, Serialize)]
+pub struct ChangeView {
+    pub flag: String,
+    /// The SSM value when proposed; `null` when the parameter was absent (default applied).
+    pub before: Option<String>,
+    pub after: String,
+    pub ssm_version: Option<i64>,
+}
+
+/// A break-glass review as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReviewView {
+    pub proposal_id: ProposalId,
+    pub environment: Environment,
+    /// Who broke glass.
+    pub actor: String,
+    pub reason: String,
+    pub opened_at: DateTime<Utc>,
+    pub due_at: DateTime<Utc>,
+    /// `open`, `overdue` or `acknowledged`, as of now.
+    pub status: &'static str,
+    pub acknowledged_by: Option<String>,
+    pub acknowledged_at: Option<DateTime<Utc>>,
+    pub acknowledgement: Option<String>,
+}
+
+impl ReviewView {
+    pub fn of(r: &StoredReview, now: DateTime<Utc>) -> Self {
+        let status = if r.review.acknowledged_at.is_some() {
+            "acknowledged"
+        } else if r.review.is_overdue(now) {
+            "overdue"
+        } else {
+            "open"
+        };
+        Self {
+            proposal_id: r.review.proposal_id,
+            environment: r.review.env,
+            actor: r.review.actor.to_string(),
+            reason: r.reason.clone(),
+            opened_at: r.review.opened_at,
+            due_at: r.review.due_at,
+            status,
+            acknowledged_by: r.review.acknowledged_by.as_ref().map(ToString::to_string),
+            acknowledged_at: r.review.acknowledged_at,
+            acknowledgement: r.acknowledgement.clone(),
+        }
+    }
 }
 
 /// A proposal as the API shows it. Values go through the registry's redaction.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProposalView {
     pub id: ProposalId,
+    /// The first change's flag, before and after (the single-flag shape, kept for clients of
+    /// one-change proposals); `changes` lists them all.
     pub flag: String,
     pub environment: Environment,
-    /// The SSM value when proposed; `null` when the parameter was absent (default applied).
     pub before: Option<String>,
     pub after: String,
+    pub changes: Vec<ChangeView>,
     pub reason: String,
     pub proposer: String,
     pub approvals: Vec<String>,
@@ -54,22 +115,45 @@ pub struct ProposalView {
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub applied_at: Option<DateTime<Utc>>,
+    /// The first change's SSM version (see `changes` for each).
     pub ssm_version: Option<i64>,
     /// Code of the last failed or refused apply, e.g. `ssm_unavailable`, `stale_proposal`.
     pub last_error: Option<String>,
+    /// Applied by one ops member alone (kill switch); see `review`.
+    pub break_glass: bool,
+    pub review: Option<ReviewView>,
 }
 
 impl ProposalView {
-    pub fn of(s: &StoredProposal, now: DateTime<Utc>) -> Self {
+    pub fn of(s: &StoredProposal, review: Option<&StoredReview>, now: DateTime<Utc>) -> Self {
         let p = &s.proposal;
         let required = p.approvals_required().unwrap_or(1);
         let have = u8::try_from(p.approvals.len()).unwrap_or(u8::MAX);
+        let changes: Vec<ChangeView> = p
+            .changes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| ChangeView {
+                flag: c.flag.clone(),
+                before: c.audit_old(),
+                after: c.audit_new(),
+                ssm_version: s.ssm_versions.get(i).copied().flatten(),
+            })
+            .collect();
+        let first = changes.first().cloned().unwrap_or(ChangeView {
+            flag: String::new(),
+            before: None,
+            after: String::new(),
+            ssm_version: None,
+        });
         Self {
             id: p.id,
-            flag: p.flag.clone(),
+            flag: first.flag,
             environment: p.env,
-            before: p.audit_old(),
-            after: p.audit_new(),
+            before: first.before,
+            after: first.after,
+            ssm_version: first.ssm_version,
+            changes,
             reason: s.reason.clone(),
             proposer: p.proposer.to_string(),
             approvals: p.approvals.iter().map(ToString::to_string).collect(),
@@ -80,8 +164,9 @@ impl ProposalView {
             created_at: p.created_at,
             expires_at: p.expires_at,
             applied_at: s.applied_at,
-            ssm_version: s.ssm_version,
             last_error: s.last_error.clone(),
+            break_glass: p.break_glass,
+            review: review.map(|r| ReviewView::of(r, now)),
         }
     }
 }
@@ -90,10 +175,20 @@ impl ProposalView {
 #[derive(Debug)]
 enum ApplyOutcome {
     Applied,
-    /// SSM could not be read or written: the proposal is `apply_failed`, retriable.
+    /// SSM could not be read or written: nothing of the proposal is left in SSM (writes made
+    /// were restored), the proposal is `apply_failed`, retriable.
     Failed,
     /// The change may no longer be written (stale base, new contradiction).
     Refused(ChangeRefused),
+}
+
+/// What one review sweep found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SweepReport {
+    /// Unacknowledged reviews past their deadline (one `flags.review_overdue` event each).
+    pub overdue: u32,
+    /// Of those, found overdue for the first time (audited now).
+    pub newly_overdue: u32,
 }
 
 pub struct FlagApprover {
@@ -110,89 +205,95 @@ impl FlagApprover {
         &self.ssm
     }
 
-    /// Validates the change against the target environment's flags as SSM holds them now, and
-    /// opens a proposal. A refused change is audited (for registry flags) and answered with the
-    /// rule ids.
+    /// Validates the changes together against the target environment's flags as SSM holds
+    /// them now, and opens one proposal for them. A refused change is audited (one row per
+    /// registry flag named) and answered with the rule ids.
     pub async fn propose(&self, who: &Caller, input: ProposeInput) -> Result<ProposalView, ApproverError> {
-        let def = lookup(&input.flag).ok_or_else(|| ChangeRefused::UnknownFlag { flag: input.flag.clone() });
-        let def = def.map_err(ApproverError::Refused)?;
         let env = input.env;
         let current = self.read_ssm(env).await?;
-        let old_raw = current.raw_value(def.name).map(|r| r.value.clone());
         let now = Utc::now();
-        let result = empty_value_check(def, env, &input.value).and_then(|()| {
-            flags::propose(
+        let result = empty_value_check(env, &input.changes).and_then(|()| {
+            flags::propose_changes(
                 &current.set,
                 env,
-                def.name,
-                old_raw.clone(),
-                &input.value,
+                &input.changes,
+                |f| current.raw_value(f).map(|r| r.value.clone()),
                 who.actor.clone(),
                 ProposalId::new_random(),
                 now,
             )
         });
-        let client = self.pool.get().await?;
         let proposal = match result {
             Ok(p) => p,
             Err(refused) => {
-                let after = def.parse(&input.value).ok().map(|v| def.display_value(&v));
-                store::append_audit(
-                    &client,
-                    &AuditEntry {
-                        action: AuditAction::ProposeRefused,
-                        proposal_id: None,
-                        actor: who.actor.as_str(),
-                        flag: def.name,
-                        env,
-                        before: old_raw.as_deref().map(|r| def.display_raw(r)),
-                        after,
-                        reason: Some(&input.reason),
-                        request_id: who.request_id.as_deref(),
-                        detail: Some(refusal_detail(&refused)),
-                    },
-                )
-                .await?;
-                tracing::info!(flag = def.name, env = %env, code = refused.code(), "flag change refused");
+                self.audit_refusal(AuditAction::ProposeRefused, who, &input, &current, &refused).await?;
                 return Err(ApproverError::Refused(refused));
             }
         };
-        let mut client = client;
+        let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         store::insert_proposal(&tx, &proposal, &input.reason).await?;
-        store::append_audit(
-            &tx,
-            &AuditEntry {
-                action: AuditAction::Proposed,
-                proposal_id: Some(proposal.id),
-                actor: who.actor.as_str(),
-                flag: def.name,
-                env,
-                before: proposal.audit_old(),
-                after: Some(proposal.audit_new()),
-                reason: Some(&input.reason),
-                request_id: who.request_id.as_deref(),
-                detail: None,
-            },
-        )
-        .await?;
+        let stored = StoredProposal::new(proposal, input.reason);
+        audit(&tx, &stored, AuditAction::Proposed, who, Some(&stored.reason), None).await?;
         tx.commit().await?;
-        tracing::info!(proposal = %proposal.id, flag = def.name, env = %env, "flag change proposed");
-        let stored = StoredProposal {
-            proposal,
-            reason: input.reason,
-            applied_at: None,
-            ssm_version: None,
-            last_error: None,
-            version: 1,
-        };
-        Ok(ProposalView::of(&stored, now))
+        tracing::info!(proposal = %stored.proposal.id, flags = ?stored.proposal.flags(), env = %env, "flag change proposed");
+        Ok(ProposalView::of(&stored, None, now))
     }
 
-    /// Records an approval by someone other than the proposer; with enough approvals the change
-    /// is applied to SSM at once (same transaction, proposal row locked). The answer is the
-    /// proposal: `applied`, `pending` (more approvals needed), `apply_failed` (SSM down; retry
-    /// with `apply`) or `approved` with `last_error` (refused at apply, e.g. stale).
+    /// Break-glass: one ops member turns kill switches off alone. Validated like a proposal
+    /// (and refused unless every change is a kill switch turned off, or its reason), created
+    /// approved, applied at once, audited as `break_glass`, recorded as a `flags.break_glass`
+    /// event (which alarms) and opens a review that someone else must acknowledge within 24 h.
+    /// The answer is the proposal (`applied`, or `apply_failed` when SSM is down: retry with
+    /// `apply`), with its review.
+    pub async fn break_glass(&self, who: &Caller, input: ProposeInput) -> Result<ProposalView, ApproverError> {
+        let env = input.env;
+        let current = self.read_ssm(env).await?;
+        let now = Utc::now();
+        let result = empty_value_check(env, &input.changes).and_then(|()| {
+            flags::break_glass(
+                &current.set,
+                env,
+                &input.changes,
+                |f| current.raw_value(f).map(|r| r.value.clone()),
+                who.actor.clone(),
+                ProposalId::new_random(),
+                now,
+            )
+        });
+        let proposal = match result {
+            Ok(p) => p,
+            Err(refused) => {
+                self.audit_refusal(AuditAction::BreakGlassRefused, who, &input, &current, &refused).await?;
+                return Err(ApproverError::Refused(refused));
+            }
+        };
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        store::insert_proposal(&tx, &proposal, &input.reason).await?;
+        let review = Review::open(&proposal, now);
+        store::insert_review(&tx, &review, &input.reason).await?;
+        let mut s = StoredProposal::new(proposal, input.reason);
+        audit(&tx, &s, AuditAction::BreakGlass, who, Some(&s.reason), Some("break-glass: review due in 24 h".into()))
+            .await?;
+        let ctx = with_request_id(EventContext::new().operation(Operation::FlagChange).outcome(Outcome::Success), who);
+        let ev = ObservabilityEvent::new(Source::FlagApprover, EventType::FlagsBreakGlass).context(ctx);
+        holdfast_adapters::events::record_with(&tx, &ev).await?;
+        // Whatever the apply's outcome, it has been recorded: commit the break-glass with it.
+        let _ = self.apply_locked(&tx, &mut s, who, now).await?;
+        let stored_review = store::get_review(&tx, s.proposal.id).await?;
+        tx.commit().await?;
+        tracing::warn!(
+            proposal = %s.proposal.id, flags = ?s.proposal.flags(), env = %env, status = %s.proposal.status,
+            "BREAK-GLASS flag change by one person; review due in 24 h"
+        );
+        Ok(ProposalView::of(&s, stored_review.as_ref(), now))
+    }
+
+    /// Records an approval by someone other than the proposer; with enough approvals the
+    /// changes are applied to SSM at once (same transaction, proposal row locked). The answer is
+    /// the proposal: `applied`, `pending` (more approvals needed), `apply_failed` (SSM down;
+    /// retry with `apply`) or `approved` with `last_error` (refused at apply, e.g. stale).
     pub async fn approve(
         &self,
         who: &Caller,
@@ -228,11 +329,11 @@ impl FlagApprover {
         }
         tx.commit().await?;
         tracing::info!(proposal = %id, status = %s.proposal.status, "flag change approved");
-        Ok(ProposalView::of(&s, now))
+        Ok(ProposalView::of(&s, None, now))
     }
 
-    /// Rejects a pending proposal or abandons an approved/failed one (anyone may, the proposer
-    /// included: stopping a change is always safe).
+    /// Rejects a pending proposal or abandons an approved/failed one (stopping a change is
+    /// always safe).
     pub async fn reject(&self, who: &Caller, id: ProposalId, reason: String) -> Result<ProposalView, ApproverError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
@@ -245,12 +346,13 @@ impl FlagApprover {
         s.proposal.reject(who.actor.clone(), now).map_err(ApproverError::Workflow)?;
         store::update_proposal(&tx, &mut s).await?;
         audit(&tx, &s, AuditAction::Rejected, who, Some(&reason), None).await?;
+        let review = store::get_review(&tx, id).await?;
         tx.commit().await?;
         tracing::info!(proposal = %id, "flag change rejected");
-        Ok(ProposalView::of(&s, now))
+        Ok(ProposalView::of(&s, review.as_ref(), now))
     }
 
-    /// (Re)tries writing an approved change to SSM: the retry path after `apply_failed`.
+    /// (Re)tries writing an approved proposal to SSM: the retry path after `apply_failed`.
     pub async fn apply(&self, who: &Caller, id: ProposalId) -> Result<ProposalView, ApproverError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
@@ -261,9 +363,10 @@ impl FlagApprover {
             return Err(ApproverError::Workflow(WorkflowError::Expired));
         }
         let outcome = self.apply_locked(&tx, &mut s, who, now).await;
+        let review = store::get_review(&tx, id).await?;
         tx.commit().await?;
         match outcome? {
-            ApplyOutcome::Applied => Ok(ProposalView::of(&s, now)),
+            ApplyOutcome::Applied => Ok(ProposalView::of(&s, review.as_ref(), now)),
             ApplyOutcome::Failed => Err(ApproverError::SsmUnavailable { status: Some(s.proposal.status) }),
             ApplyOutcome::Refused(r) => Err(ApproverError::Refused(r)),
         }
@@ -272,7 +375,77 @@ impl FlagApprover {
     pub async fn get(&self, id: ProposalId) -> Result<ProposalView, ApproverError> {
         let client = self.pool.get().await?;
         let s = store::get_proposal(&client, id).await?;
-        Ok(ProposalView::of(&s, Utc::now()))
+        let review = store::get_review(&client, id).await?;
+        Ok(ProposalView::of(&s, review.as_ref(), Utc::now()))
+    }
+
+    /// Acknowledges the review of a break-glass proposal: someone other than the person who
+    /// broke glass (compared as NFKC + case-folded subjects). Audited either way.
+    pub async fn acknowledge(
+        &self,
+        who: &Caller,
+        id: ProposalId,
+        note: Option<String>,
+    ) -> Result<ReviewView, ApproverError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let mut r = store::lock_review(&tx, id).await?;
+        let s = store::get_proposal(&tx, id).await?;
+        let now = Utc::now();
+        if let Err(e) = r.review.acknowledge(who.actor.clone(), now) {
+            audit(&tx, &s, AuditAction::AcknowledgeRefused, who, note.as_deref(), Some(e.code().to_string())).await?;
+            tx.commit().await?;
+            tracing::info!(proposal = %id, code = e.code(), "review acknowledgement refused");
+            return Err(ApproverError::Workflow(e));
+        }
+        r.acknowledgement = note;
+        store::acknowledge_review(&tx, &r).await?;
+        let late = if r.review.due_at <= now { "acknowledged late" } else { "acknowledged" };
+        audit(&tx, &s, AuditAction::ReviewAcknowledged, who, r.acknowledgement.as_deref(), Some(late.into())).await?;
+        tx.commit().await?;
+        tracing::info!(proposal = %id, "break-glass review acknowledged");
+        Ok(ReviewView::of(&r, now))
+    }
+
+    /// Break-glass reviews, newest first (only unacknowledged ones when `open_only`).
+    pub async fn reviews(&self, open_only: bool, limit: i64) -> Result<Vec<ReviewView>, ApproverError> {
+        let client = self.pool.get().await?;
+        let now = Utc::now();
+        Ok(store::list_reviews(&client, open_only, limit).await?.iter().map(|r| ReviewView::of(r, now)).collect())
+    }
+
+    /// The review sweep (scheduled; `now` is its clock): every unacknowledged review past its
+    /// deadline records a `flags.review_overdue` event, on every sweep until acknowledged, so
+    /// the `FlagReviewsOverdue` metric stays non-zero and its alarm stays raised. The first time
+    /// a review is found overdue is also audited (`review_overdue`).
+    pub async fn sweep_reviews(&self, now: DateTime<Utc>) -> Result<SweepReport, ApproverError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let overdue = store::lock_overdue_reviews(&tx, now).await?;
+        let mut report = SweepReport { overdue: 0, newly_overdue: 0 };
+        let by = system(None);
+        for r in &overdue {
+            report.overdue += 1;
+            let ctx = EventContext::new()
+                .operation(Operation::FlagChange)
+                .outcome(Outcome::Error)
+                .error_code_str("review_overdue");
+            let ev = ObservabilityEvent::new(Source::FlagApprover, EventType::FlagsReviewOverdue)
+                .severity(Severity::Error)
+                .context(ctx);
+            holdfast_adapters::events::record_with(&tx, &ev).await?;
+            if r.overdue_recorded_at.is_none() {
+                report.newly_overdue += 1;
+                store::mark_overdue_recorded(&tx, r.review.proposal_id, now).await?;
+                let s = store::get_proposal(&tx, r.review.proposal_id).await?;
+                let detail = format!("review due {} not acknowledged", r.review.due_at.format("%Y-%m-%dT%H:%M:%SZ"));
+                audit(&tx, &s, AuditAction::ReviewOverdue, &by, None, Some(detail)).await?;
+            }
+            tracing::error!(proposal = %r.review.proposal_id, env = %r.review.env, due_at = %r.review.due_at,
+                "break-glass review overdue: acknowledge it (docs/runbooks/feature-flags.md#break-glass-review-overdue)");
+        }
+        tx.commit().await?;
+        Ok(report)
     }
 
     pub async fn audit(&self, q: &AuditQuery) -> Result<Vec<AuditRow>, ApproverError> {
@@ -292,6 +465,40 @@ impl FlagApprover {
         })
     }
 
+    /// Audits a refused proposal or break-glass: one row per registry flag it names.
+    async fn audit_refusal(
+        &self,
+        action: AuditAction,
+        who: &Caller,
+        input: &ProposeInput,
+        current: &EnvFlags,
+        refused: &ChangeRefused,
+    ) -> Result<(), ApproverError> {
+        let client = self.pool.get().await?;
+        for ch in &input.changes {
+            let Some(def) = lookup(&ch.flag) else { continue };
+            let after = def.parse(&ch.value).ok().map(|v| def.display_value(&v));
+            store::append_audit(
+                &client,
+                &AuditEntry {
+                    action,
+                    proposal_id: None,
+                    actor: who.actor.as_str(),
+                    flag: def.name,
+                    env: input.env,
+                    before: current.raw_value(def.name).map(|r| def.display_raw(&r.value)),
+                    after,
+                    reason: Some(&input.reason),
+                    request_id: who.request_id.as_deref(),
+                    detail: Some(refusal_detail(refused)),
+                },
+            )
+            .await?;
+        }
+        tracing::info!(env = %input.env, code = refused.code(), action = action.as_str(), "flag change refused");
+        Ok(())
+    }
+
     /// Persists and audits expiry of a live proposal past its deadline.
     async fn expire_if_due<C: GenericClient>(
         &self,
@@ -304,15 +511,16 @@ impl FlagApprover {
             return Ok(false);
         }
         store::update_proposal(c, s).await?;
-        let by = Caller { actor: Actor::new(SYSTEM_ACTOR).expect("a valid constant identity"), ..who.clone() };
-        audit(c, s, AuditAction::Expired, &by, None, Some("expired".into())).await?;
+        audit(c, s, AuditAction::Expired, &system(Some(who)), None, Some("expired".into())).await?;
         tracing::info!(proposal = %s.proposal.id, "flag change expired");
         Ok(true)
     }
 
-    /// Writes an approved change to SSM. Runs in the caller's transaction with the proposal row
-    /// locked; takes the per-flag lock so applies of one flag never interleave. Every outcome is
-    /// persisted and audited before returning.
+    /// Writes an approved proposal to SSM, all of its changes or none: after a failed write the
+    /// ones already written are restored to their previous values. Runs in the caller's
+    /// transaction with the proposal row locked; takes the per-flag locks (in name order) so
+    /// applies touching one flag never interleave. Every outcome is persisted and audited
+    /// before returning.
     async fn apply_locked<C: GenericClient>(
         &self,
         c: &C,
@@ -325,78 +533,112 @@ impl FlagApprover {
             return Err(ApproverError::Workflow(e));
         }
         let env = s.proposal.env;
-        let def = lookup(&s.proposal.flag).ok_or_else(|| WorkflowError::UnknownFlag(s.proposal.flag.clone()));
-        let def = def.map_err(ApproverError::Workflow)?;
-        store::lock_flag(c, env, def.name).await?;
+        let flag_names: Vec<String> = s.proposal.changes.iter().map(|ch| ch.flag.clone()).collect();
+        for f in &flag_names {
+            if lookup(f).is_none() {
+                return Err(ApproverError::Workflow(WorkflowError::UnknownFlag(f.clone())));
+            }
+        }
+        let refs: Vec<&str> = flag_names.iter().map(String::as_str).collect();
+        store::lock_flags(c, env, &refs).await?;
         let current = match self.ssm.read(env).await {
             Ok(cur) => cur,
             Err(e) => {
                 tracing::warn!(proposal = %s.proposal.id, error = %e, "apply: SSM read failed");
-                return self.apply_failed(c, s, who, def, "ssm read failed").await;
+                return self.apply_failed(c, s, who, "ssm read failed".into()).await;
             }
         };
-        let before = current.raw_value(def.name).map(|r| def.display_raw(&r.value));
-        let new_value: Option<FlagValue> = def.parse(&s.proposal.new_raw).ok();
-        // An earlier attempt whose outcome we did not learn (timeout) may have written it.
-        if s.proposal.status == ProposalStatus::ApplyFailed
-            && new_value.is_some()
-            && current.set.get(def.name) == new_value.as_ref()
-            && (current.raw_value(def.name).is_some() || s.proposal.new_raw.is_empty())
-        {
-            let version = current.raw_value(def.name).map(|r| r.version);
-            return self.applied(c, s, who, def, now, before, version, "already in SSM (earlier attempt)").await;
-        }
-        let value = match s.proposal.validate_for_apply(&current.set) {
-            Ok(v) => v,
+        let before: Vec<Option<String>> = s
+            .proposal
+            .changes
+            .iter()
+            .map(|ch| {
+                let def = lookup(&ch.flag);
+                current.raw_value(&ch.flag).map(|r| def.map_or_else(|| r.value.clone(), |d| d.display_raw(&r.value)))
+            })
+            .collect();
+        let plan = match s.proposal.plan_apply(&current.set) {
+            Ok(plan) => plan,
             Err(refused) => {
                 s.last_error = Some(refused.code().to_string());
                 store::update_proposal(c, s).await?;
-                let mut e = entry(s, AuditAction::ApplyRefused, who, None, Some(refusal_detail(&refused)));
-                e.before = before;
-                store::append_audit(c, &e).await?;
+                audit_each(c, s, AuditAction::ApplyRefused, who, None, Some(refusal_detail(&refused)), &before).await?;
                 tracing::info!(proposal = %s.proposal.id, code = refused.code(), "apply refused");
                 return Ok(ApplyOutcome::Refused(refused));
             }
         };
-        match self.ssm.put(env, def, &value.to_ssm_string()).await {
-            Ok(version) => self.applied(c, s, who, def, now, before, version, "written to SSM").await,
-            Err(e) => {
-                tracing::warn!(proposal = %s.proposal.id, error = %e, "apply: SSM write failed");
-                self.apply_failed(c, s, who, def, "ssm write failed").await
+        // Write in order; remember what each flag held, to restore it if a later write fails.
+        let mut versions: Vec<Option<i64>> = Vec::with_capacity(plan.len());
+        let mut written: Vec<(&'static FlagDef, Option<String>)> = Vec::new();
+        let mut failure: Option<(String, String)> = None;
+        for (w, ch) in plan.iter().zip(&s.proposal.changes) {
+            let previous = current.raw_value(w.def.name).map(|r| r.value.clone());
+            if w.already {
+                versions.push(current.raw_value(w.def.name).map(|r| r.version));
+                // Written by an earlier attempt: on failure it goes back to the proposal's "before".
+                written.push((w.def, ch.old_raw.clone()));
+                continue;
+            }
+            match self.ssm.put(env, w.def, &w.value.to_ssm_string()).await {
+                Ok(v) => {
+                    versions.push(v);
+                    written.push((w.def, previous));
+                }
+                Err(e) => {
+                    failure = Some((w.def.name.to_string(), e));
+                    break;
+                }
             }
         }
+        if let Some((flag, error)) = failure {
+            tracing::warn!(proposal = %s.proposal.id, flag = %flag, error = %error, "apply: SSM write failed; restoring");
+            let mut unrestored = Vec::new();
+            for (def, previous) in written.iter().rev() {
+                if let Err(e) = self.ssm.restore(env, def, previous.as_deref()).await {
+                    tracing::error!(proposal = %s.proposal.id, flag = def.name, error = %e,
+                        "apply: could not restore a flag after a failed grouped write");
+                    unrestored.push(def.name);
+                }
+            }
+            let detail = if unrestored.is_empty() {
+                format!("ssm write failed at {flag}; {} earlier write(s) restored", written.len())
+            } else {
+                format!("ssm write failed at {flag}; NOT restored: {} (retry apply)", unrestored.join(","))
+            };
+            return self.apply_failed(c, s, who, detail).await;
+        }
+        let detail = if plan.iter().all(|w| w.already) { "already in SSM (earlier attempt)" } else { "written to SSM" };
+        self.applied(c, s, who, now, &plan, versions, &before, detail).await
     }
 
-    #[allow(clippy::too_many_arguments)] // private helper; each is one fact of the audit row
+    #[allow(clippy::too_many_arguments)] // private helper; each is one fact of the audit rows
     async fn applied<C: GenericClient>(
         &self,
         c: &C,
         s: &mut StoredProposal,
         who: &Caller,
-        def: &FlagDef,
         now: DateTime<Utc>,
-        before: Option<String>,
-        version: Option<i64>,
+        plan: &[PlannedWrite],
+        versions: Vec<Option<i64>>,
+        before: &[Option<String>],
         detail: &str,
     ) -> Result<ApplyOutcome, ApproverError> {
         s.proposal.mark_applied().map_err(ApproverError::Workflow)?;
         s.applied_at = Some(now);
-        s.ssm_version = version;
+        s.ssm_versions = versions;
         s.last_error = None;
         store::update_proposal(c, s).await?;
-        let mut e = entry(s, AuditAction::Applied, who, None, Some(detail.to_string()));
-        e.before = before;
-        store::append_audit(c, &e).await?;
+        audit_each(c, s, AuditAction::Applied, who, None, Some(detail.to_string()), before).await?;
         let mut ctx = EventContext::new().operation(Operation::FlagChange).outcome(Outcome::Success);
         ctx = with_request_id(ctx, who);
-        if def.name == names::HOLDS_STRICT_CONFLICTS_ROLLOUT_PERCENT {
-            if let Some(pct) = def.parse(&s.proposal.new_raw).ok().and_then(|v| v.as_int()) {
+        if let Some(w) = plan.iter().find(|w| w.def.name == names::HOLDS_STRICT_CONFLICTS_ROLLOUT_PERCENT) {
+            if let Some(pct) = w.value.as_int() {
                 ctx = ctx.rollout_percent(u8::try_from(pct).unwrap_or(100));
             }
         }
         let ev = ObservabilityEvent::new(Source::FlagApprover, EventType::FlagsChanged).context(ctx);
         holdfast_adapters::events::record_with(c, &ev).await?;
-        tracing::info!(proposal = %s.proposal.id, flag = def.name, env = %s.proposal.env, "flag change applied");
+        tracing::info!(proposal = %s.proposal.id, flags = ?s.proposal.flags(), env = %s.proposal.env, "flag change applied");
         Ok(ApplyOutcome::Applied)
     }
 
@@ -405,8 +647,7 @@ impl FlagApprover {
         c: &C,
         s: &mut StoredProposal,
         who: &Caller,
-        def: &FlagDef,
-        detail: &str,
+        detail: String,
     ) -> Result<ApplyOutcome, ApproverError> {
         s.proposal.mark_apply_failed().map_err(ApproverError::Workflow)?;
         s.last_error = Some("ssm_unavailable".into());
@@ -415,10 +656,10 @@ impl FlagApprover {
         let ctx = EventContext::new().operation(Operation::FlagChange).outcome(Outcome::Error);
         let ctx = with_request_id(ctx.error_code_str("ssm_unavailable"), who);
         let ev = ObservabilityEvent::new(Source::FlagApprover, EventType::FlagsChanged)
-            .severity(holdfast_shared::events::Severity::Warning)
+            .severity(Severity::Warning)
             .context(ctx);
         holdfast_adapters::events::record_with(c, &ev).await?;
-        tracing::warn!(proposal = %s.proposal.id, flag = def.name, "flag change approved but not applied; retriable");
+        tracing::warn!(proposal = %s.proposal.id, flags = ?s.proposal.flags(), "flag change approved but not applied; retriable");
         Ok(ApplyOutcome::Failed)
     }
 }
@@ -510,14 +751,17 @@ fn with_request_id(ctx: EventContext, who: &Caller) -> EventContext {
 
 /// SSM cannot store an empty string: an empty value is written by deleting the parameter,
 /// which is only right when the default is empty too.
-fn empty_value_check(def: &FlagDef, env: Environment, raw: &str) -> Result<(), ChangeRefused> {
-    let Ok(value) = def.parse(raw) else { return Ok(()) }; // the type check reports it
-    if value.to_ssm_string().is_empty() && def.default_for(env).to_ssm_string() != "" {
-        return Err(ChangeRefused::InvalidValue(holdfast_shared::flags::FlagValueError {
-            flag: def.name,
-            expected: "a non-empty value (this flag's default is not empty)".into(),
-            found: "an empty value".into(),
-        }));
+fn empty_value_check(env: Environment, changes: &[ChangeRequest]) -> Result<(), ChangeRefused> {
+    for ch in changes {
+        let Some(def) = lookup(&ch.flag) else { continue }; // validation reports it
+        let Ok(value) = def.parse(&ch.value) else { continue }; // the type check reports it
+        if value.to_ssm_string().is_empty() && !def.default_for(env).to_ssm_string().is_empty() {
+            return Err(ChangeRefused::InvalidValue(holdfast_shared::flags::FlagValueError {
+                flag: def.name,
+                expected: "a non-empty value (this flag's default is not empty)".into(),
+                found: "an empty value".into(),
+            }));
+        }
     }
     Ok(())
 }
@@ -530,28 +774,39 @@ fn refusal_detail(r: &ChangeRefused) -> String {
     }
 }
 
-fn entry<'a>(
-    s: &'a StoredProposal,
+/// One audit row per change of the proposal (`before`: the proposal's, unless given per change).
+async fn audit_each<C: GenericClient>(
+    c: &C,
+    s: &StoredProposal,
     action: AuditAction,
-    who: &'a Caller,
-    reason: Option<&'a str>,
+    who: &Caller,
+    reason: Option<&str>,
     detail: Option<String>,
-) -> AuditEntry<'a> {
+    before: &[Option<String>],
+) -> Result<(), ApproverError> {
     let p = &s.proposal;
-    AuditEntry {
-        action,
-        proposal_id: Some(p.id),
-        actor: who.actor.as_str(),
-        flag: &p.flag,
-        env: p.env,
-        before: p.audit_old(),
-        after: Some(p.audit_new()),
-        reason,
-        request_id: who.request_id.as_deref(),
-        detail,
+    for (i, ch) in p.changes.iter().enumerate() {
+        store::append_audit(
+            c,
+            &AuditEntry {
+                action,
+                proposal_id: Some(p.id),
+                actor: who.actor.as_str(),
+                flag: &ch.flag,
+                env: p.env,
+                before: before.get(i).cloned().unwrap_or_else(|| ch.audit_old()),
+                after: Some(ch.audit_new()),
+                reason,
+                request_id: who.request_id.as_deref(),
+                detail: detail.clone(),
+            },
+        )
+        .await?;
     }
+    Ok(())
 }
 
+/// One audit row per change, with the proposal's own before/after.
 async fn audit<C: GenericClient>(
     c: &C,
     s: &StoredProposal,
@@ -560,7 +815,8 @@ async fn audit<C: GenericClient>(
     reason: Option<&str>,
     detail: Option<String>,
 ) -> Result<(), ApproverError> {
-    store::append_audit(c, &entry(s, action, who, reason, detail)).await
+    let before: Vec<Option<String>> = s.proposal.changes.iter().map(|ch| ch.audit_old()).collect();
+    audit_each(c, s, action, who, reason, detail, &before).await
 }
 
 #[derive(Debug, Clone, Serialize)]

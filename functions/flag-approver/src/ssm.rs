@@ -90,6 +90,14 @@ impl SsmFlags {
     }
 }
 
+impl SsmFlags {
+    /// Puts a flag back to what it held before a failed grouped apply: `previous` is the raw
+    /// value read before the write (`None`: the parameter did not exist, so it is deleted).
+    pub async fn restore(&self, env: Environment, def: &FlagDef, previous: Option<&str>) -> Result<(), String> {
+        self.put(env, def, previous.unwrap_or("")).await.map(|_| ())
+    }
+}
+
 /// An SDK error as it may be logged: the kind and the service's error code, never the message
 /// (a validation message can quote the value, which may be a secret).
 fn describe<E: aws_sdk_ssm::error::ProvideErrorMetadata, R>(e: &aws_sdk_ssm::error::SdkError<E, R>) -> String {

@@ -32,6 +32,26 @@ pub struct HoldBody {
     pub policy_hash: Option<String>,
 }
 
+/// A booking request: the guest asks for a table; the service assigns one (now, or later).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BookingRequestBody {
+    pub restaurant_id: RestaurantId,
+    pub party_size: u16,
+    pub start: DateTime<Utc>,
+    pub guest: GuestBody,
+}
+
+/// A change to a confirmed booking: a new time, a new party size, or both.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BookingChangeBody {
+    #[serde(default)]
+    pub start: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub party_size: Option<u16>,
+}
+
 /// Debug is derived but harmless: `GuestBody`'s own Debug redacts.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

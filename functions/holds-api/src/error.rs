@@ -23,6 +23,9 @@ pub enum HoldsError {
     /// Confirmed or released: `booking_id` is the confirmed hold's booking.
     #[error("hold is {}, not live", state.as_str())]
     HoldNotLive { state: HoldState, booking_id: Option<BookingId> },
+    /// A change to a booking that is not confirmed (still pending, or cancelled).
+    #[error("booking is {status}, not confirmed")]
+    BookingNotConfirmed { status: &'static str },
     #[error("hold metadata incomplete")]
     MetadataIncomplete { missing: Vec<&'static str> },
     #[error("idempotency key reused with a different request")]
@@ -54,6 +57,7 @@ impl HoldsError {
             Self::Conflict { code, .. } => code,
             Self::HoldExpired => "hold_expired",
             Self::HoldNotLive { .. } => "hold_not_live",
+            Self::BookingNotConfirmed { .. } => "booking_not_confirmed",
             Self::MetadataIncomplete { .. } => "metadata_incomplete",
             Self::IdempotencyMismatch => "idempotency_key_reused",
             Self::TooManyHolds { .. } => "too_many_live_holds",
@@ -71,6 +75,13 @@ impl HoldsError {
     }
 }
 
+/// A start the booking horizon (or the restaurant's clock) refuses: 422 naming `start`.
+impl From<holdfast_shared::policy::StartError> for HoldsError {
+    fn from(e: holdfast_shared::policy::StartError) -> Self {
+        Self::invalid("start", e.to_string())
+    }
+}
+
 impl From<deadpool_postgres::PoolError> for HoldsError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         Self::Db(DbFault::from(e))
@@ -80,5 +91,32 @@ impl From<deadpool_postgres::PoolError> for HoldsError {
 impl From<tokio_postgres::Error> for HoldsError {
     fn from(e: tokio_postgres::Error) -> Self {
         Self::Db(DbFault::from(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{Duration, NaiveDate, TimeZone, Utc};
+    use holdfast_shared::policy::BookingPolicy;
+
+    #[test]
+    fn every_refused_start_is_invalid_naming_start() {
+        let p = BookingPolicy::demo(1); // Europe/London, default horizon
+        let now = Utc.with_ymd_and_hms(2026, 11, 29, 18, 0, 0).single().expect("now");
+        let gap = NaiveDate::from_ymd_opt(2027, 3, 28).and_then(|d| d.and_hms_opt(1, 30, 0)).expect("naive");
+        let refused = [
+            p.check_start(now - Duration::minutes(1), now).expect_err("past"),
+            p.check_start(now + Duration::minutes(14), now).expect_err("lead time"),
+            p.check_start(now + Duration::days(181), now).expect_err("horizon"),
+            p.local_start(gap).expect_err("spring-forward gap"),
+        ];
+        for e in refused {
+            let message = e.to_string();
+            let h = HoldsError::from(e);
+            assert_eq!(h.code(), "validation_failed");
+            assert!(!h.is_fault());
+            assert!(matches!(h, HoldsError::Invalid { field: "start", message: ref m } if *m == message), "{h:?}");
+        }
     }
 }

@@ -9,6 +9,7 @@ use crate::observe::Observed;
 use crate::outcome::{HoldCreated, Reply};
 use crate::service::{may_book_at, no_table, settings, HoldsService};
 use crate::store::{self, NewHold};
+use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
 use holdfast_adapters::db::{constraints, DbFault};
 use holdfast_shared::allocator::{self, QuoteRejection, QuoteRequest, Selection};
@@ -33,6 +34,8 @@ struct HoldPlan {
     flags: Arc<FlagSet>,
     mode: StrictMode,
     ttl: HoldTtl,
+    /// The request's "now", for the booking horizon and the alternatives offered.
+    now: DateTime<Utc>,
 }
 
 /// How one attempt ended: an answer, or a serialization failure worth another try.
@@ -76,7 +79,8 @@ impl HoldsService {
         o.mode = Some(mode);
         let ttl = HoldTtl::from_secs(flags.hold_ttl_seconds()).unwrap_or(HoldTtl::DEFAULT);
         let owner = caller.subject.clone();
-        let plan = HoldPlan { restaurant: body.restaurant_id, owner, req, requested, flags, mode, ttl };
+        let now = Utc::now();
+        let plan = HoldPlan { restaurant: body.restaurant_id, owner, req, requested, flags, mode, ttl, now };
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -99,9 +103,11 @@ impl HoldsService {
         let mut c = self.pool.get().await?;
         let policy = self.policy_of(&c, plan.restaurant).await?;
         o.policy_version = Some(policy.version);
+        // Past, too soon or beyond the horizon: 422 naming `start`, nothing written.
+        policy.check_start(plan.req.start, plan.now)?;
         let selection = match &plan.requested {
             Some(tables) => select_requested(&policy, plan, tables)?,
-            None => self.quote_now(&c, plan.restaurant, &policy, &plan.flags, &plan.req).await?,
+            None => self.quote_now_at(&c, plan.restaurant, &policy, &plan.flags, &plan.req, plan.now).await?,
         };
         o.tables = Some(selection.table_ids.len());
         let hold_id = HoldId::new_random();

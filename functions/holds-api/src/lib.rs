@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod backfill;
+pub mod bookings;
 mod confirm;
 pub mod dto;
 pub mod error;

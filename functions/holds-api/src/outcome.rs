@@ -110,3 +110,19 @@ pub struct HoldView {
     pub replaced_by: Option<HoldId>,
     pub metadata_missing: Vec<&'static str>,
 }
+
+/// A booking as its owner and the restaurant's staff see it (no guest details: those are only
+/// ever read by the email sender).
+#[derive(Debug, Serialize)]
+pub struct BookingView {
+    pub booking_id: BookingId,
+    pub restaurant_id: RestaurantId,
+    /// `requested` (pending a table), `confirmed` or `cancelled`.
+    pub status: &'static str,
+    pub party_size: i16,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    /// Bumped by every change and by the cancellation.
+    pub revision: i32,
+    pub table_ids: Vec<TableId>,
+}

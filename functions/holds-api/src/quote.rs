@@ -6,6 +6,7 @@ use crate::error::HoldsError;
 use crate::observe::Observed;
 use crate::outcome::Quoted;
 use crate::service::{may_book_at, HoldsService};
+use chrono::Utc;
 use holdfast_shared::allocator::QuoteRequest;
 use holdfast_shared::auth::{Action, Caller};
 use holdfast_shared::events::{EventType, Operation};
@@ -39,7 +40,7 @@ impl HoldsService {
         let c = self.pool.get().await?;
         let policy = self.policy_of(&c, restaurant).await?;
         o.policy_version = Some(policy.version);
-        let selection = self.quote_now(&c, restaurant, &policy, &flags, &req).await?;
+        let selection = self.quote_now_at(&c, restaurant, &policy, &flags, &req, Utc::now()).await?;
         o.tables = Some(selection.table_ids.len());
         Ok(Quoted::new(restaurant, selection))
     }

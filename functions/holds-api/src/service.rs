@@ -110,8 +110,7 @@ impl HoldsService {
         crate::store::current_policy(c, r).await?.ok_or(HoldsError::NotFound("restaurant"))
     }
 
-    /// Probe the restaurant's busy tables around the request and quote: a selection, or a
-    /// conflict carrying the alternatives the same busy set allows.
+    /// [`Self::quote_now_at`] at the current time.
     pub(crate) async fn quote_now(
         &self,
         c: &impl GenericClient,
@@ -120,6 +119,23 @@ impl HoldsService {
         flags: &FlagSet,
         req: &QuoteRequest,
     ) -> Result<Selection, HoldsError> {
+        self.quote_now_at(c, restaurant, policy, flags, req, Utc::now()).await
+    }
+
+    /// Check the start against the policy's booking horizon at `now` (a 422 naming `start`,
+    /// before any read: an extreme timestamp never reaches the database), then probe the
+    /// restaurant's busy tables around the request and quote: a selection, or a conflict
+    /// carrying the bookable alternatives the same busy set allows.
+    pub(crate) async fn quote_now_at(
+        &self,
+        c: &impl GenericClient,
+        restaurant: RestaurantId,
+        policy: &BookingPolicy,
+        flags: &FlagSet,
+        req: &QuoteRequest,
+        now: DateTime<Utc>,
+    ) -> Result<Selection, HoldsError> {
+        policy.check_start(req.start, now)?;
         let probe = probe_window(req.start)?;
         let busy = crate::store::busy(c, restaurant, &probe, None).await?;
         match allocator::quote(policy, settings(flags), req, &busy) {
@@ -127,14 +143,15 @@ impl HoldsService {
             Err(QuoteRejection::NoTableAvailable) => Err(no_table(
                 "no_table_available",
                 "no table fits this party at that time",
-                allocator::alternatives(policy, settings(flags), req, &busy, &[], MAX_ALTERNATIVES),
+                allocator::alternatives_bookable(policy, settings(flags), req, &busy, &[], MAX_ALTERNATIVES, now),
             )),
             Err(rej) => Err(HoldsError::Rejected(rej)),
         }
     }
 
     /// Alternatives after a lost race, read on a fresh connection (the losing transaction is
-    /// gone). Best effort: a failure here offers none rather than failing the answer.
+    /// gone). Best effort: a failure here offers none rather than failing the answer. Only
+    /// starts bookable now (booking horizon) are offered.
     pub(crate) async fn alternatives(
         &self,
         restaurant: RestaurantId,
@@ -148,6 +165,6 @@ impl HoldsService {
             Ok(c) => crate::store::busy(&c, restaurant, seated, None).await.unwrap_or_default(),
             Err(_) => vec![],
         };
-        allocator::alternatives(policy, settings(flags), req, &busy, exclude, MAX_ALTERNATIVES)
+        allocator::alternatives_bookable(policy, settings(flags), req, &busy, exclude, MAX_ALTERNATIVES, Utc::now())
     }
 }

@@ -39,8 +39,10 @@ fn render_registry(registry: &[FlagDef], rules: &[Rule]) -> String {
     );
     let _ = writeln!(
         out,
-        "Changes go through the flag approver: proposed, validated (type, range, rules), \
-         approved by people other than the proposer, then written to SSM and audited.\n"
+        "Changes go through the flag approver: proposed (one flag or several applied together), \
+         validated (type, range, rules over the combined result), approved by flag approvers \
+         other than the proposer, then written to SSM and audited. Kill switches may also be \
+         pulled by one ops member alone (break-glass), which is alarmed and reviewed.\n"
     );
 
     let _ = writeln!(out, "## Safe default matrix\n");
@@ -88,6 +90,16 @@ fn render_registry(registry: &[FlagDef], rules: &[Rule]) -> String {
         );
         if def.is_secret() {
             let _ = writeln!(out, "| Secret | yes: values are never shown |");
+        }
+        if let Some(k) = def.kill_switch {
+            let reason =
+                k.reason_flag.map(|r| format!(" (with a non-blank `{r}` in the same request)")).unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "| Kill switch | yes: one `holdfast-ops` member may set it to `{}` alone{reason}: \
+                 break-glass, audited, alarmed, reviewed by a second person within 24 h |",
+                k.off.to_value().to_ssm_string()
+            );
         }
     }
 
@@ -254,6 +266,7 @@ mod tests {
             prod: DefaultValue::Text("hunter2-prod"),
         },
         secret: true,
+        kill_switch: None,
     }];
 
     #[test]

@@ -78,6 +78,20 @@ pub struct FlagDef {
     pub defaults: Defaults,
     /// Secret values are never printed (docs, reports, errors, Debug).
     pub secret: bool,
+    /// `Some` for a kill switch: a flag whose "off" value stops a feature safely, which one
+    /// `holdfast-ops` member may apply alone (break-glass) during an incident. Only the off
+    /// value may be applied that way; turning the feature back on is a normal proposal.
+    pub kill_switch: Option<KillSwitch>,
+}
+
+/// What makes a flag a kill switch (see [`FlagDef::kill_switch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KillSwitch {
+    /// The value that turns the feature off (the only value break-glass may write).
+    pub off: DefaultValue,
+    /// A text flag that must say why the switch was pulled; break-glass may set it (to a
+    /// non-blank value) in the same proposal as the switch.
+    pub reason_flag: Option<&'static str>,
 }
 
 /// What is printed instead of a secret flag's value.
@@ -86,6 +100,11 @@ pub(crate) const REDACTED: &str = "<redacted>";
 impl FlagDef {
     pub fn is_secret(&self) -> bool {
         self.secret
+    }
+
+    /// The kill switch's off value, if this flag is a kill switch.
+    pub fn kill_value(&self) -> Option<FlagValue> {
+        self.kill_switch.map(|k| k.off.to_value())
     }
 
     /// The safe default of this flag in `env`.
@@ -169,11 +188,17 @@ pub static REGISTRY: &[FlagDef] = &[
             `holds.strictConflicts.rolloutPercent` are checked by the database exclusion \
             constraint, and an overlapping hold or booking is refused with 409 and alternatives. \
             false: kill switch, takes effect without a deploy; no restaurant uses strict \
-            conflicts (the pre-rollout path). Set `holds.strictConflicts.killSwitchReason` first.",
+            conflicts (the pre-rollout path). Set `holds.strictConflicts.killSwitchReason` in the \
+            same proposal (or first). A kill switch: one ops member may turn it off alone \
+            (break-glass).",
         owner: "team-holds",
         safety: SafetyClass::Critical,
         defaults: Defaults::all(Bool(true)),
         secret: false,
+        kill_switch: Some(KillSwitch {
+            off: Bool(false),
+            reason_flag: Some(names::HOLDS_STRICT_CONFLICTS_KILL_SWITCH_REASON),
+        }),
     },
     FlagDef {
         name: names::HOLDS_STRICT_CONFLICTS_ROLLOUT_PERCENT,
@@ -185,6 +210,7 @@ pub static REGISTRY: &[FlagDef] = &[
         safety: SafetyClass::Critical,
         defaults: Defaults::all(Int(100)),
         secret: false,
+        kill_switch: None,
     },
     FlagDef {
         name: names::HOLDS_STRICT_CONFLICTS_KILL_SWITCH_REASON,
@@ -196,6 +222,7 @@ pub static REGISTRY: &[FlagDef] = &[
         safety: SafetyClass::Operational,
         defaults: Defaults::all(Text("")),
         secret: false,
+        kill_switch: None,
     },
     FlagDef {
         name: names::HOLDS_TTL_SECONDS,
@@ -207,6 +234,7 @@ pub static REGISTRY: &[FlagDef] = &[
         safety: SafetyClass::Operational,
         defaults: Defaults::all(Int(180)),
         secret: false,
+        kill_switch: None,
     },
     FlagDef {
         name: names::ALLOCATOR_MERGES_ENABLED,
@@ -218,6 +246,7 @@ pub static REGISTRY: &[FlagDef] = &[
         safety: SafetyClass::Operational,
         defaults: Defaults::all(Bool(true)),
         secret: false,
+        kill_switch: None,
     },
     FlagDef {
         name: names::ALLOCATOR_REQUIRE_ADJACENCY,
@@ -228,6 +257,7 @@ pub static REGISTRY: &[FlagDef] = &[
         safety: SafetyClass::Critical,
         defaults: Defaults::all(Bool(true)),
         secret: false,
+        kill_switch: None,
     },
     FlagDef {
         name: names::EMAIL_REQUEST_RECEIVED_DELAY_MINUTES,
@@ -239,6 +269,7 @@ pub static REGISTRY: &[FlagDef] = &[
         safety: SafetyClass::Operational,
         defaults: Defaults { dev: Int(1), staging: Int(5), prod: Int(5) },
         secret: false,
+        kill_switch: None,
     },
     FlagDef {
         name: names::EMAIL_PROVIDER,
@@ -248,6 +279,7 @@ pub static REGISTRY: &[FlagDef] = &[
         safety: SafetyClass::Operational,
         defaults: Defaults::all(Text("ses")),
         secret: false,
+        kill_switch: None,
     },
     FlagDef {
         name: names::METRICS_DATADOG_ENABLED,
@@ -258,6 +290,7 @@ pub static REGISTRY: &[FlagDef] = &[
         safety: SafetyClass::Operational,
         defaults: Defaults { dev: Bool(false), staging: Bool(true), prod: Bool(true) },
         secret: false,
+        kill_switch: None,
     },
     FlagDef {
         name: names::METRICS_LATE_EVENT_GRACE_SECONDS,
@@ -268,6 +301,7 @@ pub static REGISTRY: &[FlagDef] = &[
         safety: SafetyClass::Operational,
         defaults: Defaults::all(Int(120)),
         secret: false,
+        kill_switch: None,
     },
 ];
 
@@ -362,6 +396,25 @@ mod tests {
     }
 
     #[test]
+    fn kill_switches_are_the_documented_off_switches() {
+        // docs/runbooks/holds.md "Rollback / kill switch": strict conflicts off, with a reason.
+        let switches: Vec<&str> = REGISTRY.iter().filter(|d| d.kill_switch.is_some()).map(|d| d.name).collect();
+        assert_eq!(switches, [names::HOLDS_STRICT_CONFLICTS]);
+        for def in REGISTRY.iter().filter(|d| d.kill_switch.is_some()) {
+            let off = def.kill_value().expect("kill switch");
+            assert_eq!(def.check(&off), Ok(()), "{}", def.name);
+            for env in Environment::ALL {
+                assert_ne!(def.default_for(env), off, "{}: the safe default is on; the switch turns it off", def.name);
+            }
+            if let Some(reason) = def.kill_switch.and_then(|k| k.reason_flag) {
+                let r = lookup(reason).expect("reason flag registered");
+                assert!(matches!(r.ty, FlagType::Text { .. }), "{reason}");
+                assert!(r.kill_switch.is_none());
+            }
+        }
+    }
+
+    #[test]
     fn lookup_is_exact() {
         assert!(lookup("holds.strictConflicts").is_some());
         assert!(lookup("holds.strictconflicts").is_none());
@@ -408,6 +461,7 @@ mod tests {
             safety: SafetyClass::Operational,
             defaults: Defaults::all(Text("")),
             secret: true,
+            kill_switch: None,
         };
         assert!(secret.is_secret());
         let e = secret.parse("hunter2-too-long").expect_err("too long");

@@ -388,6 +388,7 @@ mod tests {
         safety: SafetyClass::Operational,
         defaults: Defaults::all(DefaultValue::Text("hunter2")),
         secret: true,
+        kill_switch: None,
     }];
 
     #[test]

@@ -1,18 +1,27 @@
 //! The flag change workflow as a pure state machine; the flag-approver Lambda persists it,
 //! writes SSM and appends the audit log.
 //!
+//! A proposal carries one or more flag changes of one environment, validated together
+//! (contradiction rules over the combined result), approved together and applied together
+//! (all SSM writes or none).
+//!
 //! Pending ──approve (enough approvals)──▶ Approved ──mark_applied──▶ Applied
 //!    │                                       │  ▲
 //!    ├─reject─▶ Rejected                      mark_apply_failed / retry
 //!    └─past expires_at─▶ Expired             ▼  │
 //!                                          ApplyFailed
 //! Approved and ApplyFailed can also be rejected (abandoned) or expire.
+//!
+//! Break-glass: a proposal made only of kill switches turned off (and their reasons) may be
+//! created already `Approved` by one ops member; it opens a [`Review`] that a second person must
+//! acknowledge within [`REVIEW_DEADLINE`].
 
 use super::registry::{approvals_required, lookup, FlagDef};
 use super::rules::{check, Severity};
 use super::set::FlagSet;
 use super::value::{FlagValue, FlagValueError};
 use super::Environment;
+use crate::auth::Subject;
 use crate::ids::ProposalId;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
@@ -21,6 +30,12 @@ use thiserror::Error;
 
 /// How long a proposal may wait for approvals and be applied.
 pub const PROPOSAL_LIFETIME: TimeDelta = TimeDelta::hours(24);
+
+/// How long a second person has to acknowledge a break-glass change.
+pub const REVIEW_DEADLINE: TimeDelta = TimeDelta::hours(24);
+
+/// Most flag changes one proposal may carry.
+pub const MAX_CHANGES: usize = 10;
 
 /// Longest accepted identity.
 const ACTOR_MAX_CHARS: usize = 200;
@@ -58,14 +73,22 @@ impl Actor {
         Ok(Self(s.to_owned()))
     }
 
+    /// The actor of an authenticated subject (already NFKC + case folded).
+    pub fn of_subject(subject: &Subject) -> Self {
+        Self(subject.as_str().to_owned())
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
 
-    /// Case-insensitive: emails and IAM user names are, so `Alice@x` must not approve the
-    /// proposal of `alice@x`.
+    /// Compared as [`Subject`]s (NFKC + case folding): `Alice@x`, `ａｌｉｃｅ@x` and `alice@x` are
+    /// one person, so a look-alike spelling of the proposer is still the proposer.
     pub fn is_same_person(&self, other: &Actor) -> bool {
-        self.0.to_lowercase() == other.0.to_lowercase()
+        match (Subject::parse(&self.0), Subject::parse(&other.0)) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => self.0 == other.0,
+        }
     }
 }
 
@@ -150,6 +173,13 @@ pub enum ChangeRefused {
     /// The flag changed after the proposal was made; approvers saw another "before".
     #[error("flag `{flag}` is now `{current}`, not `{expected}` as when proposed; propose again")]
     StaleProposal { flag: &'static str, expected: String, current: String },
+    #[error("a proposal needs 1..={MAX_CHANGES} changes")]
+    ChangeCount,
+    #[error("flag `{flag}` appears more than once in the proposal")]
+    DuplicateFlag { flag: &'static str },
+    /// Break-glass is only for turning kill switches off (with their reason).
+    #[error("break-glass refused for `{flag}`: {why}")]
+    BreakGlassNotAllowed { flag: String, why: String },
 }
 
 impl ChangeRefused {
@@ -161,32 +191,71 @@ impl ChangeRefused {
             Self::NoChange { .. } => "no_change",
             Self::Contradiction { .. } => "contradiction",
             Self::StaleProposal { .. } => "stale_proposal",
+            Self::ChangeCount => "change_count",
+            Self::DuplicateFlag { .. } => "duplicate_flag",
+            Self::BreakGlassNotAllowed { .. } => "break_glass_not_allowed",
         }
     }
 }
 
-/// Validates setting `flag` to `raw_new` in `env`, given the `current` values; returns the
-/// typed new value.
+/// One requested change: a flag and its new value as a raw string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeRequest {
+    pub flag: String,
+    pub value: String,
+}
+
+impl ChangeRequest {
+    pub fn new(flag: impl Into<String>, value: impl Into<String>) -> Self {
+        Self { flag: flag.into(), value: value.into() }
+    }
+}
+
+/// Validates setting several flags of `env` at once, given the `current` values; returns the
+/// typed new values in request order.
 ///
-/// A change is refused when the resulting set breaks an error-severity rule that `current`
-/// does not already break. Pre-existing violations (an out-of-band SSM edit) are the loader's
-/// to report: refusing every change because of them would also block the fix and the kill
-/// switch. Warnings never block (see [`Severity::Warning`]).
-pub fn validate_change(
+/// Each change must name a registered flag, parse, differ from the current value, and appear
+/// once. The combined result is then checked against the rules: it is refused when it breaks
+/// an error-severity rule that `current` does not already break. Pre-existing violations (an
+/// out-of-band SSM edit) are the loader's to report: refusing every change because of them would
+/// also block the fix and the kill switch. Warnings never block (see [`Severity::Warning`]).
+pub fn validate_changes(
     current: &FlagSet,
     env: Environment,
-    flag: &str,
-    raw_new: &str,
-) -> Result<FlagValue, ChangeRefused> {
-    let def = lookup(flag).ok_or_else(|| ChangeRefused::UnknownFlag { flag: flag.to_owned() })?;
-    let value = def.parse(raw_new)?;
-    if current.get(def.name) == Some(&value) {
-        return Err(ChangeRefused::NoChange { flag: def.name });
+    requests: &[ChangeRequest],
+) -> Result<Vec<(&'static FlagDef, FlagValue)>, ChangeRefused> {
+    if requests.is_empty() || requests.len() > MAX_CHANGES {
+        return Err(ChangeRefused::ChangeCount);
     }
-    let next = current.with(def.name, value.clone()).map_err(|e| match e {
-        super::set::FlagSetError::UnknownFlag(flag) => ChangeRefused::UnknownFlag { flag },
-        super::set::FlagSetError::InvalidValue(e) => ChangeRefused::InvalidValue(e),
-    })?;
+    let mut out: Vec<(&'static FlagDef, FlagValue)> = Vec::with_capacity(requests.len());
+    for r in requests {
+        let def = lookup(&r.flag).ok_or_else(|| ChangeRefused::UnknownFlag { flag: r.flag.clone() })?;
+        let value = def.parse(&r.value)?;
+        if out.iter().any(|(d, _)| d.name == def.name) {
+            return Err(ChangeRefused::DuplicateFlag { flag: def.name });
+        }
+        if current.get(def.name) == Some(&value) {
+            return Err(ChangeRefused::NoChange { flag: def.name });
+        }
+        out.push((def, value));
+    }
+    check_combined(current, env, &out)?;
+    Ok(out)
+}
+
+/// Refuses `changes` applied on top of `current` when the result newly breaks an error rule.
+fn check_combined(
+    current: &FlagSet,
+    env: Environment,
+    changes: &[(&'static FlagDef, FlagValue)],
+) -> Result<(), ChangeRefused> {
+    let mut next = current.clone();
+    for (def, value) in changes {
+        next = next.with(def.name, value.clone()).map_err(|e| match e {
+            super::set::FlagSetError::UnknownFlag(flag) => ChangeRefused::UnknownFlag { flag },
+            super::set::FlagSetError::InvalidValue(e) => ChangeRefused::InvalidValue(e),
+        })?;
+    }
     let before: Vec<&str> = check(current, env).iter().map(|v| v.rule_id).collect();
     let (rule_ids, explanations) = check(&next, env)
         .into_iter()
@@ -194,10 +263,52 @@ pub fn validate_change(
         .map(|v| (v.rule_id, v.explanation))
         .unzip::<_, _, Vec<_>, Vec<_>>();
     if rule_ids.is_empty() {
-        Ok(value)
+        Ok(())
     } else {
         Err(ChangeRefused::Contradiction { rule_ids, explanations })
     }
+}
+
+/// Validates setting one flag (see [`validate_changes`]).
+pub fn validate_change(
+    current: &FlagSet,
+    env: Environment,
+    flag: &str,
+    raw_new: &str,
+) -> Result<FlagValue, ChangeRefused> {
+    let mut v = validate_changes(current, env, &[ChangeRequest::new(flag, raw_new)])?;
+    Ok(v.remove(0).1)
+}
+
+/// Whether already-validated `changes` may be applied by one person alone: every change turns a
+/// kill switch off (to its registered off value), or sets the reason flag of a kill switch
+/// turned off in the same proposal to a non-blank value.
+pub fn check_break_glass(changes: &[(&'static FlagDef, FlagValue)]) -> Result<(), ChangeRefused> {
+    let refuse = |def: &FlagDef, why: String| Err(ChangeRefused::BreakGlassNotAllowed { flag: def.name.into(), why });
+    for (def, value) in changes {
+        if let Some(off) = def.kill_value() {
+            if *value != off {
+                return refuse(
+                    def,
+                    format!(
+                        "break-glass may only turn it off (`{}`); turning it on needs approval",
+                        off.to_ssm_string()
+                    ),
+                );
+            }
+            continue;
+        }
+        let switched_off = changes.iter().any(|(k, v)| {
+            k.kill_switch.is_some_and(|ks| ks.reason_flag == Some(def.name)) && k.kill_value().as_ref() == Some(v)
+        });
+        if !switched_off {
+            return refuse(def, "not a kill switch (or the reason of one turned off in the same proposal)".into());
+        }
+        if value.to_ssm_string().trim().is_empty() {
+            return refuse(def, "the kill switch's reason must not be blank".into());
+        }
+    }
+    Ok(())
 }
 
 /// Validates a change and opens a proposal for it. `old_raw` is what the SSM parameter holds
@@ -213,21 +324,60 @@ pub fn propose(
     id: ProposalId,
     now: DateTime<Utc>,
 ) -> Result<Proposal, ChangeRefused> {
-    let value = validate_change(current, env, flag, raw_new)?;
-    let flag = lookup(flag).map_or(flag, |d| d.name);
+    propose_changes(current, env, &[ChangeRequest::new(flag, raw_new)], |_| old_raw.clone(), proposer, id, now)
+}
+
+/// Validates several changes together and opens one proposal for them. `old_raw(flag)` is what
+/// the flag's SSM parameter holds now (`None`: absent).
+pub fn propose_changes(
+    current: &FlagSet,
+    env: Environment,
+    requests: &[ChangeRequest],
+    old_raw: impl Fn(&str) -> Option<String>,
+    proposer: Actor,
+    id: ProposalId,
+    now: DateTime<Utc>,
+) -> Result<Proposal, ChangeRefused> {
+    let valid = validate_changes(current, env, requests)?;
     Ok(Proposal {
         id,
-        flag: flag.to_owned(),
         env,
-        old_raw,
-        new_raw: value.to_ssm_string(),
+        changes: valid
+            .iter()
+            .map(|(def, value)| Change {
+                flag: def.name.to_owned(),
+                old_raw: old_raw(def.name),
+                new_raw: value.to_ssm_string(),
+            })
+            .collect(),
         proposer,
         approvals: Vec::new(),
         rejected_by: None,
         status: ProposalStatus::Pending,
         created_at: now,
         expires_at: now + PROPOSAL_LIFETIME,
+        break_glass: false,
     })
+}
+
+/// A break-glass proposal: validated like any other, allowed only for kill switches turned off
+/// ([`check_break_glass`]), and created `Approved` by `actor` alone. The caller applies it at
+/// once and opens its [`Review`].
+pub fn break_glass(
+    current: &FlagSet,
+    env: Environment,
+    requests: &[ChangeRequest],
+    old_raw: impl Fn(&str) -> Option<String>,
+    actor: Actor,
+    id: ProposalId,
+    now: DateTime<Utc>,
+) -> Result<Proposal, ChangeRefused> {
+    let valid = validate_changes(current, env, requests)?;
+    check_break_glass(&valid)?;
+    let mut p = propose_changes(current, env, requests, old_raw, actor, id, now)?;
+    p.status = ProposalStatus::Approved;
+    p.break_glass = true;
+    Ok(p)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -254,6 +404,10 @@ pub enum WorkflowError {
     Expired,
     #[error("the proposal names unknown flag `{0}`")]
     UnknownFlag(String),
+    #[error("the person who broke glass cannot acknowledge their own review")]
+    SelfReview,
+    #[error("the review was already acknowledged")]
+    AlreadyAcknowledged,
 }
 
 impl WorkflowError {
@@ -267,19 +421,66 @@ impl WorkflowError {
             Self::InvalidTransition(..) => "invalid_transition",
             Self::Expired => "expired",
             Self::UnknownFlag(_) => "unknown_flag",
+            Self::SelfReview => "self_review",
+            Self::AlreadyAcknowledged => "already_acknowledged",
         }
     }
 }
 
-/// A proposed change of one flag in one environment.
+/// One flag change of a proposal.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    pub flag: String,
+    /// The SSM value when proposed; `None` when the parameter did not exist (default applied).
+    pub old_raw: Option<String>,
+    /// Canonical.
+    pub new_raw: String,
+}
+
+impl Change {
+    fn def(&self) -> Result<&'static FlagDef, WorkflowError> {
+        lookup(&self.flag).ok_or_else(|| WorkflowError::UnknownFlag(self.flag.clone()))
+    }
+
+    /// `old_raw` as it may appear in the audit log (redacted for secret flags).
+    pub fn audit_old(&self) -> Option<String> {
+        let def = lookup(&self.flag);
+        self.old_raw.as_deref().map(|raw| def.map_or_else(|| raw.to_owned(), |d| d.display_raw(raw)))
+    }
+
+    /// `new_raw` as it may appear in the audit log (redacted for secret flags).
+    pub fn audit_new(&self) -> String {
+        lookup(&self.flag).map_or_else(|| self.new_raw.clone(), |d| d.display_raw(&self.new_raw))
+    }
+}
+
+impl fmt::Debug for Change {
+    // Values go through the audit redaction, so logging a proposal never leaks a secret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Change")
+            .field("flag", &self.flag)
+            .field("old_raw", &self.audit_old())
+            .field("new_raw", &self.audit_new())
+            .finish()
+    }
+}
+
+/// What applying one change means right now (see [`Proposal::plan_apply`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedWrite {
+    pub def: &'static FlagDef,
+    pub value: FlagValue,
+    /// SSM already holds the new value: an earlier attempt of this proposal wrote it.
+    pub already: bool,
+}
+
+/// A proposed change of one or more flags in one environment.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
     pub id: ProposalId,
-    pub flag: String,
     pub env: Environment,
-    /// The SSM value when proposed; `None` when the parameter did not exist (default applied).
-    pub old_raw: Option<String>,
-    pub new_raw: String,
+    /// At least one, each flag at most once, in the order proposed.
+    pub changes: Vec<Change>,
     pub proposer: Actor,
     /// Approvers in order; never contains the proposer or anyone twice.
     pub approvals: Vec<Actor>,
@@ -287,20 +488,32 @@ pub struct Proposal {
     pub status: ProposalStatus,
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+    /// Applied by the proposer alone under the kill-switch rule; reviewed afterwards.
+    #[serde(default)]
+    pub break_glass: bool,
 }
 
 impl Proposal {
-    fn def(&self) -> Result<&'static FlagDef, WorkflowError> {
-        lookup(&self.flag).ok_or_else(|| WorkflowError::UnknownFlag(self.flag.clone()))
-    }
-
     fn is_due(&self, now: DateTime<Utc>) -> bool {
         now >= self.expires_at
     }
 
-    /// Approvals needed in total (besides the proposer).
+    /// The flags this proposal changes, in order.
+    pub fn flags(&self) -> Vec<&str> {
+        self.changes.iter().map(|c| c.flag.as_str()).collect()
+    }
+
+    /// Approvals needed in total (besides the proposer): the most any of its changes needs.
+    /// A break-glass proposal needs none.
     pub fn approvals_required(&self) -> Result<u8, WorkflowError> {
-        Ok(approvals_required(self.def()?, self.env))
+        if self.break_glass {
+            return Ok(0);
+        }
+        let mut n = 1;
+        for c in &self.changes {
+            n = n.max(approvals_required(c.def()?, self.env));
+        }
+        Ok(n)
     }
 
     /// The status as of `now`: a live proposal past `expires_at` is expired even if no one
@@ -368,24 +581,35 @@ impl Proposal {
         }
     }
 
-    /// Re-validates against the values just before writing: refuses if the flag changed since
-    /// the proposal (the approvers judged another "before") or if the change now contradicts
-    /// other flags changed in the meantime. Returns the value to write.
-    pub fn validate_for_apply(&self, current: &FlagSet) -> Result<FlagValue, ChangeRefused> {
-        let def = lookup(&self.flag).ok_or_else(|| ChangeRefused::UnknownFlag { flag: self.flag.clone() })?;
-        // An absent or invalid stored value meant the default was in effect.
-        let expected =
-            self.old_raw.as_deref().and_then(|raw| def.parse(raw).ok()).unwrap_or_else(|| def.default_for(self.env));
-        if let Some(now) = current.get(def.name) {
-            if *now != expected {
+    /// Re-validates against the values just before writing and returns what to write, in
+    /// order. Refused if a flag changed since the proposal (the approvers judged another
+    /// "before") or if the combined result now contradicts flags changed in the meantime.
+    /// After a failed attempt (`ApplyFailed`) a flag that already holds its new value is ours
+    /// (an attempt whose outcome was not learned, or a rollback that did not complete) and is
+    /// marked `already` instead of stale.
+    pub fn plan_apply(&self, current: &FlagSet) -> Result<Vec<PlannedWrite>, ChangeRefused> {
+        let mut plan = Vec::with_capacity(self.changes.len());
+        for c in &self.changes {
+            let def = lookup(&c.flag).ok_or_else(|| ChangeRefused::UnknownFlag { flag: c.flag.clone() })?;
+            let value = def.parse(&c.new_raw)?;
+            // An absent or invalid stored value meant the default was in effect.
+            let expected =
+                c.old_raw.as_deref().and_then(|raw| def.parse(raw).ok()).unwrap_or_else(|| def.default_for(self.env));
+            let now = current.get(def.name).cloned().unwrap_or_else(|| def.default_for(self.env));
+            let already = self.status == ProposalStatus::ApplyFailed && now == value;
+            if !already && now != expected {
                 return Err(ChangeRefused::StaleProposal {
                     flag: def.name,
                     expected: def.display_value(&expected),
-                    current: def.display_value(now),
+                    current: def.display_value(&now),
                 });
             }
+            plan.push(PlannedWrite { def, value, already });
         }
-        validate_change(current, self.env, def.name, &self.new_raw)
+        let pending: Vec<(&'static FlagDef, FlagValue)> =
+            plan.iter().filter(|w| !w.already).map(|w| (w.def, w.value.clone())).collect();
+        check_combined(current, self.env, &pending)?;
+        Ok(plan)
     }
 
     /// The SSM write succeeded. Allowed from `Approved` or `ApplyFailed` even after expiry:
@@ -407,35 +631,71 @@ impl Proposal {
             Err(WorkflowError::InvalidTransition(self.status, to))
         }
     }
-
-    /// `old_raw` as it may appear in the audit log (redacted for secret flags).
-    pub fn audit_old(&self) -> Option<String> {
-        let def = lookup(&self.flag);
-        self.old_raw.as_deref().map(|raw| def.map_or_else(|| raw.to_owned(), |d| d.display_raw(raw)))
-    }
-
-    /// `new_raw` as it may appear in the audit log (redacted for secret flags).
-    pub fn audit_new(&self) -> String {
-        lookup(&self.flag).map_or_else(|| self.new_raw.clone(), |d| d.display_raw(&self.new_raw))
-    }
 }
 
 impl fmt::Debug for Proposal {
-    // Values go through the audit redaction, so logging a proposal never leaks a secret.
+    // Values go through the audit redaction (Change's Debug), so logging never leaks a secret.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Proposal")
             .field("id", &self.id)
-            .field("flag", &self.flag)
             .field("env", &self.env)
-            .field("old_raw", &self.audit_old())
-            .field("new_raw", &self.audit_new())
+            .field("changes", &self.changes)
             .field("proposer", &self.proposer)
             .field("approvals", &self.approvals)
             .field("rejected_by", &self.rejected_by)
             .field("status", &self.status)
             .field("created_at", &self.created_at)
             .field("expires_at", &self.expires_at)
+            .field("break_glass", &self.break_glass)
             .finish()
+    }
+}
+
+/// The mandatory review of a break-glass proposal: a second person (not the actor, compared as
+/// [`Subject`]s) acknowledges it within [`REVIEW_DEADLINE`]; past it, unacknowledged, it is
+/// overdue and alarms.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Review {
+    pub proposal_id: ProposalId,
+    pub env: Environment,
+    /// Who broke glass.
+    pub actor: Actor,
+    pub opened_at: DateTime<Utc>,
+    pub due_at: DateTime<Utc>,
+    pub acknowledged_by: Option<Actor>,
+    pub acknowledged_at: Option<DateTime<Utc>>,
+}
+
+impl Review {
+    /// Opens the review of a break-glass proposal at `now`.
+    pub fn open(p: &Proposal, now: DateTime<Utc>) -> Self {
+        Self {
+            proposal_id: p.id,
+            env: p.env,
+            actor: p.proposer.clone(),
+            opened_at: now,
+            due_at: now + REVIEW_DEADLINE,
+            acknowledged_by: None,
+            acknowledged_at: None,
+        }
+    }
+
+    /// Records the second person's acknowledgement. On error nothing changes.
+    pub fn acknowledge(&mut self, by: Actor, now: DateTime<Utc>) -> Result<(), WorkflowError> {
+        if self.acknowledged_at.is_some() {
+            return Err(WorkflowError::AlreadyAcknowledged);
+        }
+        if by.is_same_person(&self.actor) {
+            return Err(WorkflowError::SelfReview);
+        }
+        self.acknowledged_by = Some(by);
+        self.acknowledged_at = Some(now);
+        Ok(())
+    }
+
+    /// Unacknowledged at or past its deadline.
+    pub fn is_overdue(&self, now: DateTime<Utc>) -> bool {
+        self.acknowledged_at.is_none() && now >= self.due_at
     }
 }
 
@@ -493,6 +753,9 @@ mod tests {
     fn same_person_ignores_case() {
         assert!(actor("Alice@Example.com").is_same_person(&actor("alice@example.com")));
         assert!(!actor("alice").is_same_person(&actor("alice2")));
+        // NFKC + case folding: full-width and ß spellings are the same person.
+        assert!(actor("ａｌｉｃｅ@example.com").is_same_person(&actor("Alice@Example.com")));
+        assert!(actor("STRASSE").is_same_person(&actor("straße")));
     }
 
     // ---- Status ----
@@ -604,12 +867,13 @@ mod tests {
     #[test]
     fn propose_stores_canonical_value_and_lifetime() {
         let p = proposal(Environment::Prod, names::HOLDS_TTL_SECONDS, " 300\n");
-        assert_eq!(p.new_raw, "300");
-        assert_eq!(p.flag, "holds.ttlSeconds");
+        assert_eq!(p.changes[0].new_raw, "300");
+        assert_eq!(p.flags(), ["holds.ttlSeconds"]);
         assert_eq!(p.status, ProposalStatus::Pending);
         assert!(p.approvals.is_empty());
         assert_eq!(p.expires_at - p.created_at, TimeDelta::hours(24));
-        assert_eq!(p.old_raw, None);
+        assert_eq!(p.changes[0].old_raw, None);
+        assert!(!p.break_glass);
     }
 
     #[test]
@@ -740,16 +1004,20 @@ mod tests {
         p.mark_applied().expect("a write that happened is recorded");
     }
 
+    fn values(plan: Result<Vec<PlannedWrite>, ChangeRefused>) -> Result<Vec<(String, bool)>, ChangeRefused> {
+        plan.map(|p| p.into_iter().map(|w| (w.value.to_ssm_string(), w.already)).collect())
+    }
+
     #[test]
-    fn validate_for_apply_detects_stale_base_and_new_contradictions() {
+    fn plan_apply_detects_stale_base_and_new_contradictions() {
         let env = Environment::Prod;
         let p = proposal(env, names::HOLDS_TTL_SECONDS, "300");
         let current = FlagSet::defaults(env);
-        assert_eq!(p.validate_for_apply(&current), Ok(FlagValue::Int(300)));
+        assert_eq!(values(p.plan_apply(&current)), Ok(vec![("300".into(), false)]));
         // Someone changed the flag meanwhile.
         let moved = current.with_raw(names::HOLDS_TTL_SECONDS, "240").expect("valid");
         assert_eq!(
-            p.validate_for_apply(&moved),
+            values(p.plan_apply(&moved)),
             Err(ChangeRefused::StaleProposal {
                 flag: "holds.ttlSeconds",
                 expected: "180".into(),
@@ -758,10 +1026,10 @@ mod tests {
         );
         // old_raw is compared by typed value; an invalid stored value meant the default.
         let mut q = p.clone();
-        q.old_raw = Some(" 180 ".into());
-        assert!(q.validate_for_apply(&current).is_ok());
-        q.old_raw = Some("garbage".into());
-        assert!(q.validate_for_apply(&current).is_ok());
+        q.changes[0].old_raw = Some(" 180 ".into());
+        assert!(q.plan_apply(&current).is_ok());
+        q.changes[0].old_raw = Some("garbage".into());
+        assert!(q.plan_apply(&current).is_ok());
         // Another flag changed meanwhile so that this change now contradicts it.
         // Proposed while merges were off; merges were turned back on before the apply, so
         // writing "adjacency=false" now would break FR001.
@@ -777,8 +1045,20 @@ mod tests {
             t0(),
         )
         .expect("valid with merges off");
-        assert_eq!(drop_adjacency.validate_for_apply(&current).map_err(|e| e.code()), Err("contradiction"));
-        assert!(drop_adjacency.validate_for_apply(&no_merges).is_ok());
+        assert_eq!(drop_adjacency.plan_apply(&current).map_err(|e| e.code()), Err("contradiction"));
+        assert!(drop_adjacency.plan_apply(&no_merges).is_ok());
+    }
+
+    #[test]
+    fn plan_apply_after_a_failed_attempt_treats_our_own_values_as_written() {
+        let env = Environment::Dev;
+        let mut p = proposal(env, names::HOLDS_TTL_SECONDS, "300");
+        let written = FlagSet::defaults(env).with_raw(names::HOLDS_TTL_SECONDS, "300").expect("valid");
+        // First attempt: the new value already there means someone else wrote it: stale.
+        assert_eq!(p.plan_apply(&written).map_err(|e| e.code()), Err("stale_proposal"));
+        p.approve(actor("bob"), t0()).expect("approve");
+        p.mark_apply_failed().expect("failed");
+        assert_eq!(values(p.plan_apply(&written)), Ok(vec![("300".into(), true)]));
     }
 
     #[test]
@@ -809,13 +1089,10 @@ mod tests {
     #[test]
     fn rehydrated_proposal_with_unknown_flag_cannot_be_approved() {
         let mut p = proposal(Environment::Prod, names::HOLDS_TTL_SECONDS, "300");
-        p.flag = "removed.flag".into();
+        p.changes[0].flag = "removed.flag".into();
         assert_eq!(p.approve(actor("bob"), t0()), Err(WorkflowError::UnknownFlag("removed.flag".into())));
         assert!(p.approvals.is_empty());
-        assert_eq!(
-            p.validate_for_apply(&FlagSet::defaults(Environment::Prod)).map_err(|e| e.code()),
-            Err("unknown_flag")
-        );
+        assert_eq!(p.plan_apply(&FlagSet::defaults(Environment::Prod)).map_err(|e| e.code()), Err("unknown_flag"));
     }
 
     #[test]
@@ -826,8 +1103,151 @@ mod tests {
         assert!(json.contains("\"status\":\"approved\""), "{json}");
         let back: Proposal = serde_json::from_str(&json).expect("parse");
         assert_eq!(back, p);
-        assert_eq!(p.audit_new(), "resend");
-        assert_eq!(p.audit_old(), None);
+        assert_eq!(p.changes[0].audit_new(), "resend");
+        assert_eq!(p.changes[0].audit_old(), None);
         assert!(format!("{p:?}").contains("resend"));
+    }
+
+    // ---- grouped proposals ----
+
+    fn req(flag: &str, value: &str) -> ChangeRequest {
+        ChangeRequest::new(flag, value)
+    }
+
+    #[test]
+    fn grouped_changes_are_validated_over_the_combined_result() {
+        let env = Environment::Prod;
+        let set = FlagSet::defaults(env);
+        // Alone, dropping adjacency breaks FR001; together with merges off it is fine.
+        let group = [req(names::ALLOCATOR_MERGES_ENABLED, "false"), req(names::ALLOCATOR_REQUIRE_ADJACENCY, "false")];
+        let v = validate_changes(&set, env, &group).expect("combined result is consistent");
+        assert_eq!(v.len(), 2);
+        // The prod kill switch is one proposal: strict conflicts off with its reason.
+        let kill = [
+            req(names::HOLDS_STRICT_CONFLICTS, "false"),
+            req(names::HOLDS_STRICT_CONFLICTS_KILL_SWITCH_REASON, "INC-9 false 409s"),
+        ];
+        validate_changes(&set, env, &kill).expect("FR002 satisfied by the group");
+        let e = validate_changes(&set, env, &kill[..1]).expect_err("FR002 alone");
+        assert_eq!(e.code(), "contradiction");
+        // Shape errors.
+        assert_eq!(validate_changes(&set, env, &[]), Err(ChangeRefused::ChangeCount));
+        let many: Vec<ChangeRequest> = (0..=MAX_CHANGES).map(|_| req(names::HOLDS_TTL_SECONDS, "300")).collect();
+        assert_eq!(validate_changes(&set, env, &many), Err(ChangeRefused::ChangeCount));
+        let dup = [req(names::HOLDS_TTL_SECONDS, "300"), req(names::HOLDS_TTL_SECONDS, "240")];
+        assert_eq!(validate_changes(&set, env, &dup), Err(ChangeRefused::DuplicateFlag { flag: "holds.ttlSeconds" }));
+        let same = [req(names::HOLDS_TTL_SECONDS, "300"), req(names::EMAIL_PROVIDER, "ses")];
+        assert_eq!(validate_changes(&set, env, &same).map_err(|e| e.code()), Err("no_change"));
+    }
+
+    #[test]
+    fn a_grouped_proposal_needs_the_most_any_change_needs_and_one_round() {
+        let env = Environment::Prod;
+        let group = [req(names::HOLDS_TTL_SECONDS, "300"), req(names::HOLDS_STRICT_CONFLICTS_ROLLOUT_PERCENT, "50")];
+        let mut p = propose_changes(
+            &FlagSet::defaults(env),
+            env,
+            &group,
+            |f| (f == names::HOLDS_TTL_SECONDS).then(|| "180".to_string()),
+            actor("alice"),
+            ProposalId::new_random(),
+            t0(),
+        )
+        .expect("valid");
+        assert_eq!(p.flags(), [names::HOLDS_TTL_SECONDS, names::HOLDS_STRICT_CONFLICTS_ROLLOUT_PERCENT]);
+        assert_eq!(p.changes[0].old_raw.as_deref(), Some("180"));
+        assert_eq!(p.changes[1].old_raw, None);
+        assert_eq!(p.approvals_required(), Ok(2), "critical in prod");
+        assert_eq!(p.approve(actor("bob"), t0()), Ok(ApprovalOutcome::NeedsMore(1)));
+        assert_eq!(p.approve(actor("carol"), t0()), Ok(ApprovalOutcome::ReadyToApply));
+        assert_eq!(values(p.plan_apply(&FlagSet::defaults(env))).map(|v| v.len()), Ok(2));
+    }
+
+    // ---- break-glass ----
+
+    fn kill_group() -> [ChangeRequest; 2] {
+        [req(names::HOLDS_STRICT_CONFLICTS, "false"), req(names::HOLDS_STRICT_CONFLICTS_KILL_SWITCH_REASON, "INC-9")]
+    }
+
+    #[test]
+    fn break_glass_is_only_for_kill_switches_turned_off() {
+        let env = Environment::Prod;
+        let set = FlagSet::defaults(env);
+        let p = break_glass(&set, env, &kill_group(), |_| None, actor("olga"), ProposalId::new_random(), t0())
+            .expect("kill switch off with its reason");
+        assert_eq!((p.status, p.break_glass, p.approvals_required()), (ProposalStatus::Approved, true, Ok(0)));
+        p.check_can_apply(t0()).expect("applicable at once");
+        let refused = |group: &[ChangeRequest]| {
+            break_glass(&set, env, group, |_| None, actor("olga"), ProposalId::new_random(), t0())
+                .map(|_| ())
+                .map_err(|e| e.code())
+        };
+        // Not a kill switch at all.
+        assert_eq!(refused(&[req(names::HOLDS_TTL_SECONDS, "300")]), Err("break_glass_not_allowed"));
+        assert_eq!(refused(&[req(names::METRICS_DATADOG_ENABLED, "false")]), Err("break_glass_not_allowed"));
+        // A kill switch plus an unrelated flag.
+        let mut extra = kill_group().to_vec();
+        extra.push(req(names::HOLDS_TTL_SECONDS, "300"));
+        assert_eq!(refused(&extra), Err("break_glass_not_allowed"));
+        // The reason alone, or with a blank value, is not a kill switch pulled.
+        assert_eq!(refused(&kill_group()[1..]), Err("break_glass_not_allowed"));
+        // Still validated: off without a reason breaks FR002 in prod.
+        assert_eq!(refused(&kill_group()[..1]), Err("contradiction"));
+        // Turning the switch back on is never break-glass.
+        let off = set
+            .with_raw(names::HOLDS_STRICT_CONFLICTS, "false")
+            .and_then(|s| s.with_raw(names::HOLDS_STRICT_CONFLICTS_KILL_SWITCH_REASON, "INC-9"))
+            .expect("valid");
+        let e = break_glass(
+            &off,
+            env,
+            &[req(names::HOLDS_STRICT_CONFLICTS, "true")],
+            |_| None,
+            actor("olga"),
+            ProposalId::new_random(),
+            t0(),
+        )
+        .expect_err("on needs approval");
+        assert_eq!(e.code(), "break_glass_not_allowed");
+        // In staging the switch alone is enough (FR002 is prod only).
+        let staging = Environment::Staging;
+        break_glass(
+            &FlagSet::defaults(staging),
+            staging,
+            &kill_group()[..1],
+            |_| None,
+            actor("olga"),
+            ProposalId::new_random(),
+            t0(),
+        )
+        .expect("staging");
+    }
+
+    #[test]
+    fn review_needs_a_second_person_within_24_hours() {
+        let env = Environment::Prod;
+        let p = break_glass(
+            &FlagSet::defaults(env),
+            env,
+            &kill_group(),
+            |_| None,
+            actor("olga"),
+            ProposalId::new_random(),
+            t0(),
+        )
+        .expect("valid");
+        let mut r = Review::open(&p, t0());
+        assert_eq!(r.due_at - r.opened_at, TimeDelta::hours(24));
+        assert!(!r.is_overdue(t0() + TimeDelta::hours(23)));
+        assert!(r.is_overdue(t0() + TimeDelta::hours(24)));
+        for me in ["olga", "OLGA", "ｏｌｇａ"] {
+            assert_eq!(r.acknowledge(actor(me), t0()), Err(WorkflowError::SelfReview), "{me}");
+        }
+        assert_eq!(r.acknowledged_by, None);
+        r.acknowledge(actor("amir"), t0() + TimeDelta::hours(30)).expect("late but acknowledged");
+        assert!(!r.is_overdue(t0() + TimeDelta::hours(48)), "acknowledged is never overdue");
+        assert_eq!(r.acknowledge(actor("bob"), t0()), Err(WorkflowError::AlreadyAcknowledged));
+        assert_eq!(WorkflowError::SelfReview.code(), "self_review");
+        assert_eq!(WorkflowError::AlreadyAcknowledged.code(), "already_acknowledged");
     }
 }

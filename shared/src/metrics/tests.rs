@@ -75,6 +75,9 @@ fn known_rows() -> Vec<EventRow> {
         row(26, "2025-11-05T09:59:59Z", "hold.created", json!({"operation":"hold"})),
         // Exactly at the start: included.
         row(27, W0, "strict.verify.failed", json!({"error_code":"constraint_missing"})),
+        row(28, at, "flags.break_glass", json!({"operation":"flag_change"})),
+        row(29, at, "flags.review_overdue", json!({"operation":"flag_change"})),
+        row(30, at, "flags.review_overdue", json!({})),
     ]
 }
 
@@ -100,7 +103,9 @@ fn aggregate_known_event_set_exactly() {
         ("ErrorsByCode{Environment=prod,ErrorCode=policy_drift_exhausted}", "1".into()),
         ("ErrorsByCode{Environment=prod,ErrorCode=provider_transient}", "1".into()),
         ("ErrorsByCode{Environment=prod,ErrorCode=strict_constraint_missing}", "1".into()),
+        ("FlagBreakGlass{Environment=prod}", "1".into()),
         ("FlagContradictions{Environment=prod}", "1".into()),
+        ("FlagReviewsOverdue{Environment=prod}", "2".into()),
         ("Latency{Environment=prod,Operation=hold}", "[50.0, 100.0, 200.0, 1000.0]x[1.0, 1.0, 2.0, 1.0]".into()),
         ("Latency{Environment=prod,Operation=quote}", "[10.0, 30.0]x[1.0, 1.0]".into()),
         ("MetadataRejects{Environment=prod}", "1".into()),
@@ -223,6 +228,8 @@ fn catalogue_is_exact_and_bounded() {
         "OutboxPending",
         "OutboxLagSeconds",
         "FlagContradictions",
+        "FlagBreakGlass",
+        "FlagReviewsOverdue",
     ];
     let names: Vec<&str> = METRICS.iter().map(|m| m.name).collect();
     assert_eq!(names, expected);

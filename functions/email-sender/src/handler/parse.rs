@@ -45,6 +45,7 @@ pub(super) fn parse_job(body: &str) -> Result<EmailJob, ParseFault> {
     let job: EmailJob = serde_json::from_str(body).map_err(|_| ParseFault::Invalid)?;
     let subject_ok = match job.email_type {
         EmailType::OpsPolicyDrift => job.restaurant_id.is_some() && job.policy_version.is_some(),
+        EmailType::OpsPendingAttention => job.restaurant_id.is_some() && job.booking_id.is_some(),
         _ => job.booking_id.is_some(),
     };
     if subject_ok {

@@ -37,6 +37,7 @@ impl EmailSender {
     async fn send_one(&self, job: &EmailJob, row: &ClaimRow) -> SendOutcome {
         let composed = match job.email_type {
             EmailType::OpsPolicyDrift => self.drift_notice(job, row),
+            EmailType::OpsPendingAttention => self.pending_attention(job, row),
             t => booking_email(t, job, row),
         };
         let (to, rendered) = match composed {
@@ -76,6 +77,27 @@ impl EmailSender {
     }
 }
 
+impl EmailSender {
+    /// The ops notice that a booking request stays pending, to the configured ops address.
+    fn pending_attention(&self, job: &EmailJob, row: &ClaimRow) -> Result<(String, Rendered), SendOutcome> {
+        let (Some(restaurant), Some(booking)) = (job.restaurant_id, job.booking_id) else {
+            return Err(permanent("invalid_job"));
+        };
+        let Some(b) = row.booking.as_ref() else {
+            return Err(permanent("unknown_booking"));
+        };
+        if BookingStatus::parse(&b.status) != Some(BookingStatus::Requested) {
+            // Assigned or cancelled since: nothing needs attention any more.
+            return Err(SendOutcome::Skipped("no_longer_pending"));
+        }
+        let Some(to) = self.settings.ops_address.clone() else {
+            return Err(permanent("ops_address_unconfigured"));
+        };
+        let name = row.restaurant_name.clone().unwrap_or_default();
+        Ok((to, email::render_pending_attention(&name, restaurant, booking)))
+    }
+}
+
 /// A guest email, to the booking's address; skipped when the booking's status makes it moot.
 fn booking_email(t: EmailType, job: &EmailJob, row: &ClaimRow) -> Result<(String, Rendered), SendOutcome> {
     let Some(b) = row.booking.as_ref() else {
@@ -84,7 +106,7 @@ fn booking_email(t: EmailType, job: &EmailJob, row: &ClaimRow) -> Result<(String
     let Some(status) = BookingStatus::parse(&b.status) else {
         return Err(permanent("unknown_booking_status"));
     };
-    if let Some(reason) = email::skip_reason(t, status) {
+    if let Some(reason) = email::skip_reason(t, status, job.revision, b.revision) {
         return Err(SendOutcome::Skipped(reason));
     }
     let Some(to) = b.guest_email.clone().filter(|e| !e.trim().is_empty()) else {

@@ -10,7 +10,7 @@ use crate::service::HoldsService;
 use holdfast_adapters::http::{self, Problem};
 use holdfast_adapters::identity;
 use holdfast_shared::auth::Caller;
-use holdfast_shared::ids::{HoldId, RestaurantId};
+use holdfast_shared::ids::{BookingId, HoldId, RestaurantId};
 use lambda_http::http::{Method, StatusCode};
 use lambda_http::{Body, Request, Response};
 use serde::Serialize;
@@ -63,7 +63,25 @@ async fn route(svc: &HoldsService, req: &Request) -> Result<Response<Body>, Prob
             let idem = idempotency(req, who, "POST /holds/{id}/confirm", StatusCode::OK)?;
             Ok(reply(StatusCode::OK, svc.confirm(who, hold, body, idem).await.map_err(problem::from)?))
         }
-        ["restaurants", _, "quotes"] | ["holds"] | ["holds", _] | ["holds", _, "confirm"] => Err(Problem::new(
+        ["bookings"] if method == Method::POST => {
+            let body = http::parse_json(http::body_bytes(req))?;
+            let idem = idempotency(req, who, "POST /bookings", StatusCode::CREATED)?;
+            Ok(reply(StatusCode::CREATED, svc.request_booking(who, body, idem).await.map_err(problem::from)?))
+        }
+        ["bookings", id] if method == Method::GET => {
+            let view = svc.booking(who, path_id::<BookingId>(id, "booking_id")?).await.map_err(problem::from)?;
+            Ok(ok(StatusCode::OK, &view))
+        }
+        ["bookings", id] if method == Method::PATCH => {
+            let id: BookingId = path_id(id, "booking_id")?;
+            let body = http::parse_json(http::body_bytes(req))?;
+            Ok(ok(StatusCode::OK, &svc.change_booking(who, id, body).await.map_err(problem::from)?))
+        }
+        ["bookings", id, "cancel"] if method == Method::POST => {
+            let id: BookingId = path_id(id, "booking_id")?;
+            Ok(ok(StatusCode::OK, &svc.cancel_booking(who, id).await.map_err(problem::from)?))
+        }
+        _ if known => Err(Problem::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             format!("{method} is not allowed here"),

@@ -22,6 +22,11 @@ pub(super) fn from(e: HoldsError) -> Problem {
                 None => p,
             }
         }
+        HoldsError::BookingNotConfirmed { status } => Problem::new(
+            StatusCode::CONFLICT,
+            code,
+            format!("the booking is {status}; only a confirmed booking can change"),
+        ),
         HoldsError::MetadataIncomplete { missing } => Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             code,

@@ -1,9 +1,11 @@
 //! `bookings`: the guest's reservation. Its guest columns are the only place PII is stored.
 
+use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use holdfast_adapters::db::DbFault;
 use holdfast_shared::auth::Subject;
-use holdfast_shared::ids::{BookingId, RestaurantId};
+use holdfast_shared::email::BookingStatus;
+use holdfast_shared::ids::{BookingId, RestaurantId, TableId};
 use holdfast_shared::window::Window;
 
 pub struct NewBooking<'a> {
@@ -64,4 +66,123 @@ pub async fn recent_confirms<C: GenericClient>(
     let row = c.query_one(&stmt, &[&restaurant.as_uuid(), &owner.as_str()]).await?;
     let (n, wait): (i32, Option<i32>) = (row.get(0), row.get(1));
     Ok((n.max(0) as u32, wait.map_or(1, |w| w.max(1) as u32)))
+}
+
+/// A booking as the lifecycle use cases read it (no guest PII: that stays in the row).
+#[derive(Debug, Clone)]
+pub struct BookingRow {
+    pub id: BookingId,
+    pub restaurant_id: RestaurantId,
+    pub status: BookingStatus,
+    pub party_size: i16,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+    pub revision: i32,
+    pub owner: Option<Subject>,
+    /// Tables of its active claims, sorted (empty while pending or once cancelled).
+    pub table_ids: Vec<TableId>,
+}
+
+const BOOKING_SELECT: &str = "SELECT b.id, b.restaurant_id, b.status, b.party_size, b.starts_at, b.ends_at, b.revision,
+        b.owner_subject,
+        coalesce((SELECT array_agg(c.table_id ORDER BY c.table_id) FROM table_claims c
+                   WHERE c.booking_id = b.id AND c.kind = 'booking' AND c.active), '{}')
+   FROM bookings b WHERE b.id = $1";
+
+fn booking_from_row(r: &tokio_postgres::Row) -> Result<BookingRow, DbFault> {
+    let status: &str = r.get(2);
+    let owner: Option<&str> = r.get(7);
+    let tables: Vec<uuid::Uuid> = r.get(8);
+    Ok(BookingRow {
+        id: BookingId(r.get(0)),
+        restaurant_id: RestaurantId(r.get(1)),
+        status: BookingStatus::parse(status)
+            .ok_or_else(|| DbFault::Other(format!("unknown booking status {status:?}")))?,
+        party_size: r.get(3),
+        starts_at: r.get(4),
+        ends_at: r.get(5),
+        revision: r.get(6),
+        owner: owner.map(Subject::parse).transpose().map_err(|e| DbFault::Other(format!("stored owner: {e}")))?,
+        table_ids: tables.into_iter().map(TableId).collect(),
+    })
+}
+
+pub async fn get_booking<C: GenericClient>(c: &C, id: BookingId) -> Result<Option<BookingRow>, DbFault> {
+    c.query_opt(&c.prepare_cached(BOOKING_SELECT).await?, &[&id.as_uuid()])
+        .await?
+        .as_ref()
+        .map(booking_from_row)
+        .transpose()
+}
+
+/// Lock the booking for the rest of the transaction (its lifecycle steps serialise on it).
+pub async fn lock_booking<C: GenericClient>(c: &C, id: BookingId) -> Result<Option<BookingRow>, DbFault> {
+    let sql = format!("{BOOKING_SELECT} FOR UPDATE OF b");
+    c.query_opt(&c.prepare_cached(&sql).await?, &[&id.as_uuid()]).await?.as_ref().map(booking_from_row).transpose()
+}
+
+/// A booking request: status `requested`, no tables yet, the guest's details.
+pub async fn insert_requested_booking<C: GenericClient>(c: &C, b: &NewBooking<'_>) -> Result<(), DbFault> {
+    let stmt = c
+        .prepare_cached(
+            "INSERT INTO bookings (id, restaurant_id, status, party_size, starts_at, ends_at,
+                               guest_name, guest_email, guest_phone, guest_notes, owner_subject)
+         VALUES ($1, $2, 'requested', $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .await?;
+    let owner = b.owner.map(Subject::as_str);
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 10] = [
+        &b.id.as_uuid(),
+        &b.restaurant.as_uuid(),
+        &b.party_size,
+        &b.seated.start(),
+        &b.seated.end(),
+        &b.guest_name,
+        &b.guest_email,
+        &b.guest_phone,
+        &b.guest_notes,
+        &owner,
+    ];
+    c.execute(&stmt, &params).await?;
+    Ok(())
+}
+
+/// The booking now sits in `seated` for `party_size` with status `status`; a change bumps the
+/// revision (emails about older revisions are superseded). Returns the new revision.
+pub async fn set_booking<C: GenericClient>(
+    c: &C,
+    id: BookingId,
+    status: BookingStatus,
+    party_size: i16,
+    seated: &Window,
+    bump_revision: bool,
+) -> Result<i32, DbFault> {
+    let stmt = c
+        .prepare_cached(
+            "UPDATE bookings SET status = $2, party_size = $3, starts_at = $4, ends_at = $5,
+                    revision = revision + CASE WHEN $6 THEN 1 ELSE 0 END,
+                    cancelled_at = CASE WHEN $2 = 'cancelled' THEN now() END, updated_at = now()
+              WHERE id = $1 RETURNING revision",
+        )
+        .await?;
+    let st = booking_status_str(status);
+    let row =
+        c.query_one(&stmt, &[&id.as_uuid(), &st, &party_size, &seated.start(), &seated.end(), &bump_revision]).await?;
+    Ok(row.get(0))
+}
+
+/// Free a booking's tables (change, cancel): its active claims stop blocking at once.
+pub async fn deactivate_booking_claims<C: GenericClient>(c: &C, id: BookingId) -> Result<u64, DbFault> {
+    let stmt = c
+        .prepare_cached("UPDATE table_claims SET active = false WHERE booking_id = $1 AND kind = 'booking' AND active")
+        .await?;
+    Ok(c.execute(&stmt, &[&id.as_uuid()]).await?)
+}
+
+fn booking_status_str(s: BookingStatus) -> &'static str {
+    match s {
+        BookingStatus::Requested => "requested",
+        BookingStatus::Confirmed => "confirmed",
+        BookingStatus::Cancelled => "cancelled",
+    }
 }

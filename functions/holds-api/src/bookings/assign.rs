@@ -1,0 +1,148 @@
+//! Auto-assign: give a pending request a table. One attempt is one transaction (lock the
+//! booking → quote under the current policy → claim the tables → confirm → emails). The first
+//! attempt runs inline in the request; the rest are the durable job's, run by the scheduled
+//! assigner (`bin/auto-assigner.rs`, and the local runner) at the times the retry rule sets.
+
+use super::enqueue_confirmation;
+use crate::error::HoldsError;
+use crate::service::HoldsService;
+use crate::store;
+use chrono::Utc;
+use deadpool_postgres::Transaction;
+use holdfast_adapters::db::{constraints, DbFault};
+use holdfast_adapters::outbox;
+use holdfast_shared::allocator::PartySize;
+use holdfast_shared::allocator::{QuoteRequest, Selection};
+use holdfast_shared::booking::{after_failure, AfterFailure, AssignFailure};
+use holdfast_shared::email::{BookingStatus, EmailJob, EmailType};
+use holdfast_shared::ids::BookingId;
+
+/// How one attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssignOutcome {
+    Confirmed,
+    /// The booking is no longer a pending request (confirmed or cancelled another way).
+    NotPending,
+    Failed(AssignFailure),
+}
+
+/// What one run of the assigner did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct AssignReport {
+    pub attempted: usize,
+    pub confirmed: usize,
+    pub retrying: usize,
+    pub gave_up: usize,
+}
+
+impl HoldsService {
+    /// One attempt for `booking`, `attempts_before` attempts having been made, and the job's
+    /// bookkeeping after it (retry time, or exhausted with one ops notice).
+    pub async fn assign_attempt(&self, booking: BookingId, attempts_before: i32) -> Result<AssignOutcome, HoldsError> {
+        let outcome = match self.assign_once(booking).await {
+            Ok(o) => o,
+            Err(HoldsError::Db(f)) if f.violates(constraints::TABLE_CLAIMS_NO_OVERLAP) => {
+                AssignOutcome::Failed(AssignFailure::Transient("hold_conflict"))
+            }
+            Err(HoldsError::Db(_)) => AssignOutcome::Failed(AssignFailure::Transient("database_unavailable")),
+            Err(e) => return Err(e),
+        };
+        if let AssignOutcome::Failed(f) = outcome {
+            self.after_failed_attempt(booking, attempts_before + 1, f).await?;
+        }
+        Ok(outcome)
+    }
+
+    /// Claim the due jobs and make one attempt for each (the scheduled assigner's one step).
+    pub async fn run_due_assignments(&self, limit: i64) -> Result<AssignReport, HoldsError> {
+        let due = store::claim_due(&self.pool.get().await?, limit).await?;
+        let mut report = AssignReport { attempted: due.len(), ..AssignReport::default() };
+        for (booking, attempts) in due {
+            match self.assign_attempt(booking, attempts).await? {
+                AssignOutcome::Confirmed => report.confirmed += 1,
+                AssignOutcome::NotPending => {}
+                AssignOutcome::Failed(_) => {
+                    let c = self.pool.get().await?;
+                    let pending =
+                        store::get_booking(&c, booking).await?.map(|b| b.status) == Some(BookingStatus::Requested);
+                    let state: Option<String> = c
+                        .query_opt("SELECT state FROM booking_assignments WHERE booking_id = $1", &[&booking.as_uuid()])
+                        .await?
+                        .map(|r| r.get(0));
+                    match (pending, state.as_deref()) {
+                        (true, Some("pending")) => report.retrying += 1,
+                        _ => report.gave_up += 1,
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    async fn assign_once(&self, booking: BookingId) -> Result<AssignOutcome, HoldsError> {
+        let flags = self.flags.get().await.set;
+        let mut c = self.pool.get().await?;
+        let tx = c.transaction().await?;
+        let Some(b) = store::lock_booking(&tx, booking).await? else { return Ok(AssignOutcome::NotPending) };
+        if b.status != BookingStatus::Requested {
+            store::finish_assignment(&tx, booking).await?;
+            tx.commit().await?;
+            return Ok(AssignOutcome::NotPending);
+        }
+        let policy = self.policy_of(&tx, b.restaurant_id).await?;
+        let party = PartySize::new(b.party_size as u16)
+            .map_err(|_| HoldsError::invalid("party_size", "stored party size is not bookable"))?;
+        let req = QuoteRequest { party, start: b.starts_at };
+        let sel = match self.quote_now(&tx, b.restaurant_id, &policy, &flags, &req).await {
+            Ok(sel) => sel,
+            // Every table busy now: one may free up (a release, an expiry, a cancellation), so
+            // this is worth retrying. "No table fits" at all (party too large, closed) is hard.
+            Err(HoldsError::Conflict { code, .. }) => return Ok(AssignOutcome::Failed(AssignFailure::Transient(code))),
+            Err(HoldsError::Rejected(r)) => return Ok(AssignOutcome::Failed(AssignFailure::Hard(r.code()))),
+            Err(HoldsError::Invalid { .. }) => return Ok(AssignOutcome::Failed(AssignFailure::Hard("invalid_start"))),
+            Err(e) => return Err(e),
+        };
+        confirm_with(&tx, booking, &sel).await?;
+        tx.commit().await?;
+        Ok(AssignOutcome::Confirmed)
+    }
+
+    /// Retry later, or give up: the job is exhausted and ops get one notice (same transaction).
+    async fn after_failed_attempt(
+        &self,
+        booking: BookingId,
+        attempts: i32,
+        f: AssignFailure,
+    ) -> Result<(), HoldsError> {
+        let mut c = self.pool.get().await?;
+        let tx = c.transaction().await?;
+        let Some(b) = store::lock_booking(&tx, booking).await? else { return Ok(()) };
+        let now = Utc::now();
+        match after_failure(attempts.max(0) as u32, f, now, b.starts_at) {
+            AfterFailure::RetryAt(at) => {
+                store::record_attempt(&tx, booking, "pending", attempts, Some(at), Some(f.code())).await?;
+            }
+            AfterFailure::GiveUp => {
+                store::record_attempt(&tx, booking, "exhausted", attempts, None, Some(f.code())).await?;
+                if b.status == BookingStatus::Requested {
+                    outbox::enqueue(&tx, &EmailJob::ops_pending_attention(b.restaurant_id, booking), now).await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Claim the selection's tables for the booking and confirm it, with its emails.
+async fn confirm_with(tx: &Transaction<'_>, booking: BookingId, sel: &Selection) -> Result<(), DbFault> {
+    let restaurant = store::lock_booking(tx, booking).await?.map(|b| b.restaurant_id);
+    let Some(restaurant) = restaurant else { return Err(DbFault::Other("booking vanished".into())) };
+    store::lock_tables(tx, &sel.table_ids).await?;
+    store::prune_expired(tx, &sel.table_ids, &sel.blocked).await?;
+    store::insert_booking_claims(tx, restaurant, &sel.table_ids, &sel.blocked, booking).await?;
+    let party = sel.party.get() as i16;
+    let revision = store::set_booking(tx, booking, BookingStatus::Confirmed, party, &sel.seated, false).await?;
+    store::finish_assignment(tx, booking).await?;
+    enqueue_confirmation(tx, booking, EmailType::BookingConfirmed, revision, sel.seated.start()).await
+}
