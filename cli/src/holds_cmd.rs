@@ -1,8 +1,10 @@
 //! `holdfast holds …`
 
+use crate::rush::{EmailTypeFigures, RushMode};
 use crate::Res;
 use clap::Subcommand;
 use holdfast_adapters::config::Config;
+use std::collections::BTreeMap;
 
 #[derive(Subcommand)]
 pub enum HoldsCmd {
@@ -21,8 +23,13 @@ pub enum HoldsCmd {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
-    /// Drive N concurrent quote → hold → confirm flows against a holds API and summarise.
+    /// Drive N concurrent guest flows against a holds API and summarise: quote → hold →
+    /// confirm (`--mode hold`), or booking requests with auto-assign (`--mode request`).
     Rush {
+        /// `hold`: quote → hold → confirm. `request`: POST /bookings, then poll
+        /// GET /bookings/{id} while it is `requested` (the auto-assign job's retries).
+        #[arg(long, value_enum, default_value = "hold")]
+        mode: crate::rush::RushMode,
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         url: String,
         /// Bearer token (the local gateway accepts `dev:<name>`).
@@ -42,9 +49,23 @@ pub enum HoldsCmd {
         /// First start time (RFC 3339); defaults to 19:00 UTC a week from today.
         #[arg(long)]
         start: Option<chrono::DateTime<chrono::Utc>>,
-        /// How long to wait for the confirmed bookings' emails to be sent before reporting.
+        /// How long to wait for the run's due emails to be sent before reporting.
         #[arg(long, default_value_t = 60)]
         settle_seconds: u64,
+        /// Request mode: how long a guest polls a `requested` booking (the job's retries come
+        /// 5 s, 15 s and 45 s apart: ~70 s until it gives up).
+        #[arg(long, default_value_t = 90)]
+        wait_seconds: u64,
+        /// Request mode: seconds between two polls of one booking.
+        #[arg(long, default_value_t = 2)]
+        poll_seconds: u64,
+        /// Request mode: every Nth guest confirmed inline cancels (0 = none), which frees
+        /// tables for the pending requests' auto-assign job.
+        #[arg(long, default_value_t = 0)]
+        cancel_every: usize,
+        /// Request mode: seconds after its request that a cancelling guest cancels.
+        #[arg(long, default_value_t = 10)]
+        cancel_after_seconds: u64,
     },
 }
 
@@ -67,12 +88,38 @@ pub async fn run(cmd: HoldsCmd) -> Res {
         HoldsCmd::Bench { seconds, clients, rounds } => {
             crate::holds_bench::run(crate::holds_bench::BenchArgs { seconds, clients, rounds }).await
         }
-        HoldsCmd::Rush { url, token, restaurant, flows, concurrency, slots, party, start, settle_seconds } => {
+        HoldsCmd::Rush {
+            mode,
+            url,
+            token,
+            restaurant,
+            flows,
+            concurrency,
+            slots,
+            party,
+            start,
+            settle_seconds,
+            wait_seconds,
+            poll_seconds,
+            cancel_every,
+            cancel_after_seconds,
+        } => {
             let start = start.unwrap_or_else(|| {
                 let day = (chrono::Utc::now() + chrono::Duration::days(7)).date_naive();
                 day.and_hms_opt(19, 0, 0).map(|t| t.and_utc()).unwrap_or_else(chrono::Utc::now)
             });
+            // The database (when reachable) for the independent checks; its clock marks the
+            // run's start, so the email figures are this run's.
+            let db = match Config::from_env() {
+                Ok(cfg) => {
+                    let pool = crate::local::pool(&cfg).await?;
+                    let since = crate::rush::db_now(&pool).await?;
+                    Some((cfg, pool, since))
+                }
+                Err(_) => None,
+            };
             let s = crate::rush::run(crate::rush::RushArgs {
+                mode,
                 base_url: url.trim_end_matches('/').to_string(),
                 token,
                 restaurant,
@@ -81,30 +128,87 @@ pub async fn run(cmd: HoldsCmd) -> Res {
                 slots,
                 party,
                 start,
+                wait: std::time::Duration::from_secs(wait_seconds),
+                poll_every: std::time::Duration::from_secs(poll_seconds.max(1)),
+                cancel_every,
+                cancel_after: std::time::Duration::from_secs(cancel_after_seconds),
             })
             .await?;
-            println!("rush summary ({} flows, concurrency {concurrency}, {:.1} s)", s.flows, s.elapsed.as_secs_f64());
+            let mode_name = match s.mode {
+                RushMode::Hold => "hold",
+                RushMode::Request => "request",
+            };
             println!(
-                "  holds won {} / lost (409) {} / then won on the offered alternative {} / no table quoted {}",
-                s.holds_won, s.holds_lost, s.won_on_alternative, s.no_quote
+                "rush summary ({mode_name} mode, {} flows, concurrency {concurrency}, {:.1} s)",
+                s.flows,
+                s.elapsed.as_secs_f64()
             );
-            println!("  bookings confirmed {}", s.confirmed);
+            match s.mode {
+                RushMode::Hold => {
+                    println!(
+                        "  holds won {} / lost (409) {} / then won on the offered alternative {} / no table quoted {}",
+                        s.holds_won, s.holds_lost, s.won_on_alternative, s.no_quote
+                    );
+                    println!("  bookings confirmed {}", s.confirmed);
+                }
+                RushMode::Request => {
+                    let r = &s.requests;
+                    let refused: Vec<String> = r.refused.iter().map(|(st, n)| format!("{st}: {n}")).collect();
+                    println!(
+                        "  requests accepted (201) {} / refused {}",
+                        r.accepted,
+                        if refused.is_empty() { "0".to_string() } else { refused.join(", ") }
+                    );
+                    println!(
+                        "  bookings confirmed {}: inline {} / by the auto-assign job {} / still pending after {wait_seconds} s {}{}",
+                        s.confirmed,
+                        r.confirmed_inline,
+                        r.confirmed_by_job,
+                        r.still_pending,
+                        if r.other_status > 0 { format!(" / other status {}", r.other_status) } else { String::new() }
+                    );
+                    if r.cancelled > 0 {
+                        println!("  confirmed inline, then cancelled by their guest (--cancel-every) {}", r.cancelled);
+                    }
+                    let (p50, p95, max) = r.job_confirm_s;
+                    if r.confirmed_by_job > 0 {
+                        println!(
+                            "  request → confirmed by the job, s  p50 {p50:.1}  p95 {p95:.1}  max {max:.1}  (polled every {poll_seconds} s, {} polls)",
+                            r.polls
+                        );
+                    }
+                }
+            }
             println!("  5xx responses {} / transport errors {}", s.server_errors, s.transport_errors);
-            let (p50, p95, p99) = s.hold_latency_ms;
-            println!("  hold latency ms  p50 {p50:.1}  p95 {p95:.1}  p99 {p99:.1}");
-            let (p50, p95, p99) = s.all_latency_ms;
-            println!("  all requests ms  p50 {p50:.1}  p95 {p95:.1}  p99 {p99:.1}");
-            match Config::from_env() {
-                Ok(cfg) => {
-                    let pool = crate::local::pool(&cfg).await?;
+            match s.mode {
+                RushMode::Hold => {
+                    let (p50, p95, p99) = s.hold_latency_ms;
+                    println!("  hold latency ms  p50 {p50:.1}  p95 {p95:.1}  p99 {p99:.1}");
+                    let (p50, p95, p99) = s.all_latency_ms;
+                    println!("  all requests ms  p50 {p50:.1}  p95 {p95:.1}  p99 {p99:.1}");
+                }
+                RushMode::Request => {
+                    let (p50, p95, p99) = s.requests.request_latency_ms;
+                    println!(
+                        "  POST /bookings ms  p50 {p50:.1}  p95 {p95:.1}  p99 {p99:.1}  (inline attempt included)"
+                    );
+                }
+            }
+            match db {
+                Some((cfg, pool, since)) => {
                     // The relay and the sender run on their own ticks: wait (bounded) until
-                    // every confirmed booking's email is settled before reporting.
-                    let f =
-                        crate::rush::settle(&pool, s.confirmed as i64, std::time::Duration::from_secs(settle_seconds))
-                            .await?;
+                    // this run's due emails are settled before reporting.
+                    let f = crate::rush::settle(&pool, since, std::time::Duration::from_secs(settle_seconds)).await?;
                     println!("  double bookings found by SQL: {}", f.overlaps);
-                    println!("  email outbox: published {}, pending {}", f.outbox_published, f.outbox_pending);
-                    println!("  emails sent {}, failed permanently {}", f.emails_sent, f.emails_failed);
+                    if !f.assignment_jobs.is_empty() {
+                        let jobs: Vec<String> = f.assignment_jobs.iter().map(|(st, n)| format!("{st} {n}")).collect();
+                        println!("  auto-assign jobs (this run): {}", jobs.join(", "));
+                    }
+                    print_emails_by_type(&f.by_type);
+                    println!(
+                        "  all time: email outbox published {}, pending {}; emails sent {}, failed permanently {}",
+                        f.outbox_published, f.outbox_pending, f.emails_sent, f.emails_failed
+                    );
                     match dlq_depth(&cfg).await {
                         Ok(n) => println!("  email DLQ messages: {n}"),
                         Err(e) => println!("  email DLQ messages: unknown ({e})"),
@@ -115,13 +219,51 @@ pub async fn run(cmd: HoldsCmd) -> Res {
                         return Err("double booking detected".into());
                     }
                 }
-                Err(_) => println!("  (set DATABASE_URL/HOLDFAST_ENV to check double bookings by SQL)"),
+                None => println!("  (set DATABASE_URL/HOLDFAST_ENV to check double bookings by SQL)"),
             }
             if s.server_errors > 0 {
                 return Err(format!("{} server errors", s.server_errors).into());
             }
             Ok(())
         }
+    }
+}
+
+/// This run's emails, one line per type: the sender's outcome, then the outbox rows not yet
+/// delivered.
+fn print_emails_by_type(by_type: &BTreeMap<String, EmailTypeFigures>) {
+    if by_type.is_empty() {
+        println!("  emails by type (this run): none");
+        return;
+    }
+    println!("  emails by type (this run):");
+    let width = by_type.keys().map(String::len).max().unwrap_or(0);
+    for (t, f) in by_type {
+        let mut parts = vec![format!("sent {}", f.sent)];
+        if f.failed > 0 {
+            parts.push(format!("failed {}", f.failed));
+        }
+        if f.in_progress > 0 {
+            parts.push(format!("in progress {}", f.in_progress));
+        }
+        if !f.skipped.is_empty() {
+            let why: Vec<String> = f.skipped.iter().map(|(r, n)| format!("{r} {n}")).collect();
+            parts.push(format!("skipped ({})", why.join(", ")));
+        }
+        let mut outbox = Vec::new();
+        if f.outbox_due > 0 {
+            outbox.push(format!("due {}", f.outbox_due));
+        }
+        if f.outbox_deferred > 0 {
+            outbox.push(format!("deferred {}", f.outbox_deferred));
+        }
+        if f.outbox_dead > 0 {
+            outbox.push(format!("dead {}", f.outbox_dead));
+        }
+        if !outbox.is_empty() {
+            parts.push(format!("outbox pending: {}", outbox.join(", ")));
+        }
+        println!("    {t:<width$}  {}", parts.join(" / "));
     }
 }
 

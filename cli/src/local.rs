@@ -44,17 +44,28 @@ pub async fn run(listen: std::net::SocketAddr) -> Res {
 
     let holds = Arc::new(holds_api::build(&cfg).await?);
     holds.verify_enforcement().await?;
+    // Auto-assign: the deployed auto-assigner steps every second inside its scheduled run;
+    // here a background task does the same for the whole session.
+    let _assign_task = spawn_assign_ticker(holds.clone(), std::time::Duration::from_secs(1));
     let holds_handler: Handler = Arc::new(move |req| {
         let holds = holds.clone();
         Box::pin(async move { holds_api::api::handle(&holds, req).await })
     });
     let flags = crate::flags_cmd::local_handler(&cfg).await?; // flag approver, under /flags
     let routes = Arc::new(Routes {
-        routes: vec![("/restaurants", holds_handler.clone()), ("/holds", holds_handler), ("/flags", flags)],
+        routes: vec![
+            ("/restaurants", holds_handler.clone()),
+            ("/holds", holds_handler.clone()),
+            ("/bookings", holds_handler),
+            ("/flags", flags),
+        ],
     });
 
     println!("holdfast is running locally");
-    println!("  holds API       http://{listen}/restaurants/…/quotes, /holds  (Authorization: Bearer dev:<you>)");
+    println!(
+        "  holds API       http://{listen}/restaurants/…/quotes, /holds, /bookings  (Authorization: Bearer dev:<you>)"
+    );
+    println!("  auto-assign     pending booking requests retried every second (the auto-assigner's schedule)");
     println!("  flag approver   http://{listen}/flags/…  (dev:<you>;groups=holdfast-ops proposes, dev:<other>;groups=holdfast-flag-approvers approves)");
     println!(
         "  staff           Bearer dev:<you>;groups=restaurant:{DEMO_RESTAURANT}:staff sees the restaurant's holds"
@@ -74,8 +85,45 @@ pub async fn run(listen: std::net::SocketAddr) -> Res {
     println!("  curl -s -H \"$A\" -H \"$J\" -d '{{\"party_size\":2,\"start\":\"{example}\"}}' http://{listen}/restaurants/{DEMO_RESTAURANT}/quotes");
     println!("  curl -s -H \"$A\" -H \"$J\" -d '{{\"restaurant_id\":\"{DEMO_RESTAURANT}\",\"party_size\":2,\"start\":\"{example}\"}}' http://{listen}/holds");
     println!("  curl -s -H \"$A\" -H \"$J\" -d '{{\"guest\":{{\"name\":\"Test Guest\",\"email\":\"guest@example.invalid\"}}}}' http://{listen}/holds/<hold_id>/confirm");
+    println!("  curl -s -H \"$A\" -H \"$J\" -H 'Idempotency-Key: req-1' -d '{{\"restaurant_id\":\"{DEMO_RESTAURANT}\",\"party_size\":2,\"start\":\"{example}\",\"guest\":{{\"name\":\"Test Guest\",\"email\":\"guest@example.invalid\"}}}}' http://{listen}/bookings");
+    println!("  curl -s -H \"$A\" http://{listen}/bookings/<booking_id>     # requested -> confirmed by auto-assign");
     println!("  curl -s -H 'Authorization: Bearer dev:olga;groups=holdfast-ops' http://{listen}/flags/matrix");
     println!("  ./target/debug/holdfast holds rush --flows 1000     # synthetic rush, in another terminal");
+    println!("  ./target/debug/holdfast holds rush --mode request --flows 200   # POST /bookings + auto-assign");
     gateway::serve(listen, routes).await?;
     Ok(())
+}
+
+/// The local stand-in for the auto-assigner's schedule (the emulator's EventBridge never
+/// fires): run the due auto-assign jobs every `every`, at once again after a full batch.
+fn spawn_assign_ticker(holds: Arc<holds_api::HoldsService>, every: std::time::Duration) -> tokio::task::JoinHandle<()> {
+    const BATCH: i64 = 50;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            loop {
+                match holds.run_due_assignments(BATCH).await {
+                    Ok(r) if r.attempted > 0 => {
+                        tracing::debug!(
+                            attempted = r.attempted,
+                            confirmed = r.confirmed,
+                            retrying = r.retrying,
+                            gave_up = r.gave_up,
+                            "auto-assign tick"
+                        );
+                        if (r.attempted as i64) < BATCH {
+                            break;
+                        }
+                    }
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(code = e.code(), "auto-assign tick failed");
+                        break;
+                    }
+                }
+            }
+        }
+    })
 }

@@ -261,6 +261,10 @@ pub struct BookingView {
     pub guest_email: Option<String>,
     pub party_size: u16,
     pub starts_at: DateTime<Utc>,
+    /// `starts_at` as the guest reads it at the restaurant, in its own zone with the zone's
+    /// abbreviation (`BookingPolicy::render_local`, e.g. "Mon 7 Jan 2030, 19:00 GMT"). `None`
+    /// only when the restaurant's policy cannot be read: UTC is shown then, marked as such.
+    pub starts_at_local: Option<String>,
 }
 
 impl std::fmt::Debug for BookingView {
@@ -381,7 +385,10 @@ fn wrap_html(title: &str, paragraphs: &[String]) -> String {
 /// Render a guest email. `None` for the ops drift notice (see [`render_drift`]).
 pub fn render_booking(email_type: EmailType, v: &BookingView) -> Option<Rendered> {
     let restaurant = one_line(&v.restaurant_name);
-    let when = v.starts_at.format("%A %-d %B %Y at %H:%M UTC").to_string();
+    let when = match &v.starts_at_local {
+        Some(local) => one_line(local),
+        None => v.starts_at.format("%A %-d %B %Y at %H:%M UTC").to_string(),
+    };
     let party = if v.party_size == 1 { "1 guest".to_string() } else { format!("{} guests", v.party_size) };
     let greeting = match v.guest_name.as_deref().map(one_line).filter(|n| !n.is_empty()) {
         Some(n) => format!("Hello {n},"),
@@ -474,6 +481,7 @@ mod tests {
             guest_email: Some("jane@example.com".into()),
             party_size: 4,
             starts_at: Utc.with_ymd_and_hms(2030, 1, 7, 19, 0, 0).single().expect("valid"),
+            starts_at_local: None,
         }
     }
 

@@ -331,3 +331,68 @@ mod tests {
         }
     }
 }
+
+/// A requested start as a client may send it: an instant (RFC 3339 with `Z` or an offset) or
+/// the restaurant's own wall-clock time with no offset (`"2026-03-29T19:30:00"`), which the
+/// restaurant's clock turns into an instant ([`RestaurantClock::to_instant`]: a skipped time is
+/// refused, a repeated one is its first occurrence).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartTime {
+    Instant(DateTime<Utc>),
+    Local(NaiveDateTime),
+}
+
+impl StartTime {
+    /// The instant, on `clock`'s restaurant.
+    pub fn resolve(self, clock: &RestaurantClock) -> Result<DateTime<Utc>, LocalTimeError> {
+        match self {
+            Self::Instant(t) => Ok(t),
+            Self::Local(l) => clock.to_instant(l),
+        }
+    }
+
+    /// The instant when one was sent (no restaurant clock needed).
+    pub fn instant(self) -> Option<DateTime<Utc>> {
+        match self {
+            Self::Instant(t) => Some(t),
+            Self::Local(_) => None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for StartTime {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if let Ok(t) = DateTime::parse_from_rfc3339(&s) {
+            return Ok(Self::Instant(t.to_utc()));
+        }
+        for f in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M"] {
+            if let Ok(l) = NaiveDateTime::parse_from_str(&s, f) {
+                return Ok(Self::Local(l));
+            }
+        }
+        Err(serde::de::Error::custom(
+            "expected an RFC 3339 instant (2026-03-29T18:30:00Z) or the restaurant's local time (2026-03-29T19:30:00)",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod start_time_tests {
+    use super::*;
+
+    #[test]
+    fn instants_and_local_wall_clock_times_both_parse() {
+        let i: StartTime = serde_json::from_str("\"2030-01-07T19:00:00Z\"").expect("instant");
+        assert!(matches!(i, StartTime::Instant(_)));
+        let o: StartTime = serde_json::from_str("\"2030-01-07T20:00:00+01:00\"").expect("offset");
+        assert_eq!(o, i);
+        let l: StartTime = serde_json::from_str("\"2030-01-07T19:00:00\"").expect("local");
+        assert!(matches!(l, StartTime::Local(_)));
+        let m: StartTime = serde_json::from_str("\"2030-01-07T19:00\"").expect("local minutes");
+        assert_eq!(m, l);
+        for bad in ["\"tomorrow\"", "\"2030-13-01T19:00:00\"", "\"+262143-12-31T22:00:00\"", "19"] {
+            assert!(serde_json::from_str::<StartTime>(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -90,6 +90,14 @@ impl Ctx {
         response_json(flag_approver::api::handle(&self.flags, request(method, path, body, who)).await)
     }
 
+    /// A booking request for its own day (cells never disturb each other).
+    fn booking_body(&self, n: usize) -> Value {
+        let start = chrono::DateTime::parse_from_rfc3339("2030-06-01T19:00:00Z").expect("t").to_utc()
+            + chrono::Duration::days(n as i64);
+        json!({ "restaurant_id": self.restaurant, "party_size": 2, "start": start,
+                "guest": { "name": "Alice", "email": "alice@example.com" } })
+    }
+
     /// A fresh live hold of alice's, on its own day (cells never disturb each other).
     async fn fresh_hold(&self, n: usize) -> String {
         let start = chrono::DateTime::parse_from_rfc3339("2030-02-01T19:00:00Z").expect("t").to_utc()
@@ -156,6 +164,39 @@ async fn every_route_answers_every_caller_as_the_table_says() {
             let id = t.fresh_hold(n).await;
             let (s, v) = t.holds_call(method, &format!("/holds/{id}{suffix}"), &body, token.as_deref()).await;
             let d = decide(action, &on_hold);
+            expect(d, s, &format!("{action:?} by {who_kind}"), &v);
+            if d == Some(Decision::Allow) {
+                assert!((200..300).contains(&s), "{action:?} by {who_kind}: {s} {v}");
+            }
+        }
+    }
+
+    // Booking lifecycle: requesting is on the restaurant; reading, changing and cancelling are on
+    // alice's booking (a fresh one per cell, each on its own day).
+    for (who_kind, token) in kinds(t.restaurant) {
+        let decide = |action: Action, resource: &Resource<'_>| {
+            token.as_deref().map(|tk| authorize(&domain_caller(tk), action, resource))
+        };
+        let on_booking = Resource::Owned { restaurant: t.restaurant, owner: Some(&alice) };
+        n += 1;
+        let (s, v) = t.holds_call("POST", "/bookings", &t.booking_body(n), token.as_deref()).await;
+        expect(
+            decide(Action::BookingRequest, &Resource::Restaurant(t.restaurant)),
+            s,
+            &format!("request by {who_kind}"),
+            &v,
+        );
+        for (action, method, suffix, body) in [
+            (Action::BookingRead, "GET", "", Value::Null),
+            (Action::BookingChange, "PATCH", "", json!({ "party_size": 1 })),
+            (Action::BookingCancel, "POST", "/cancel", Value::Null),
+        ] {
+            n += 1;
+            let (s, b) = t.holds_call("POST", "/bookings", &t.booking_body(n), Some("alice")).await;
+            assert_eq!((s, b["status"].as_str()), (201, Some("confirmed")), "{b}");
+            let path = format!("/bookings/{}{suffix}", b["booking_id"].as_str().expect("id"));
+            let (s, v) = t.holds_call(method, &path, &body, token.as_deref()).await;
+            let d = decide(action, &on_booking);
             expect(d, s, &format!("{action:?} by {who_kind}"), &v);
             if d == Some(Decision::Allow) {
                 assert!((200..300).contains(&s), "{action:?} by {who_kind}: {s} {v}");

@@ -151,7 +151,7 @@ impl Ctx {
         let msgs = data["ses"]["Message"].as_array().cloned().unwrap_or_default();
         msgs.iter()
             .filter(|m| m["destinations"]["ToAddresses"].to_string().contains(&self.guest_email))
-            .map(|m| m["subject"].as_str().unwrap_or("").to_string())
+            .map(|m| format!("{} | {}", m["subject"].as_str().unwrap_or(""), m["body"].as_str().unwrap_or("")))
             .collect()
     }
 
@@ -193,8 +193,11 @@ async fn a_request_confirmed_inline_gets_one_confirmation_and_no_request_receive
     assert_eq!(count(&mail, "booking_confirmed"), 1, "{mail:?}");
     assert_eq!(count(&mail, "request_received"), 0, "{mail:?}");
     assert_eq!(t.skipped("superseded_by_confirmation").await, 1, "recorded as superseded");
-    let subjects = t.ses_subjects().await;
-    assert_eq!(subjects, vec!["Your table at Lifecycle Bistro is confirmed".to_string()], "what SES received");
+    let mail = t.ses_subjects().await;
+    assert_eq!(mail.len(), 1, "what SES received: {mail:?}");
+    assert!(mail[0].starts_with("Your table at Lifecycle Bistro is confirmed |"), "{mail:?}");
+    // The guest reads the time in the restaurant's zone (Europe/London), with its abbreviation.
+    assert!(mail[0].contains("Mon 7 Jan 2030, 19:00 GMT"), "{mail:?}");
 }
 
 #[tokio::test]

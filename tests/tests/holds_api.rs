@@ -302,6 +302,14 @@ async fn policy_drift_requotes_and_confirms_once_and_notifies_ops_once() {
         "no hold left behind"
     );
     assert_eq!(t.count(OVERLAPS).await, 0);
+
+    // A retry of the first confirm (its answer lost, no Idempotency-Key) finds the guest's hold
+    // replaced by the recovery: it answers with the booking that recovery made.
+    let (s, again) =
+        t.call("POST", &format!("/holds/{}/confirm", h1["hold_id"].as_str().expect("id")), Ctx::guest()).await;
+    assert_eq!((s, again["error"]["code"].as_str()), (409, Some("hold_not_live")), "{again}");
+    assert_eq!(again["error"]["booking_id"], v["booking_id"], "follows replaced_by to the booking");
+    assert_eq!(t.count("SELECT count(*) FROM bookings").await, 2, "no second booking");
 }
 
 #[tokio::test]
@@ -320,6 +328,11 @@ async fn drift_with_nothing_left_is_a_409_and_keeps_the_hold() {
     assert!(v["error"]["alternatives"].is_array());
     assert_eq!(t.events("policy.drift.failed").await, 1);
     assert_eq!(t.count("SELECT count(*) FROM bookings").await, 0);
+    assert_eq!(
+        t.count("SELECT count(*) FROM email_outbox WHERE email_type = 'ops_policy_drift'").await,
+        1,
+        "a failed recovery notifies ops too"
+    );
     let (_, g) = t.call("GET", &format!("/holds/{}", h["hold_id"].as_str().expect("id")), Value::Null).await;
     assert_eq!(g["state"], "live", "a failed recovery must not lose the guest's hold");
 }
@@ -487,7 +500,10 @@ async fn concurrent_retries_with_one_idempotency_key_get_the_first_response() {
         assert_eq!((*s, &v["booking_id"]), (200, booking), "{v}");
     }
     assert_eq!(t.count("SELECT count(*) FROM bookings").await, 1);
-    assert_eq!(t.count("SELECT count(*) FROM email_outbox").await, 1);
+    // One confirmation, and one reminder (issue 13), however many retries.
+    assert_eq!(t.count("SELECT count(*) FROM email_outbox WHERE email_type = 'booking_confirmed'").await, 1);
+    assert_eq!(t.count("SELECT count(*) FROM email_outbox WHERE email_type = 'reminder'").await, 1);
+    assert_eq!(t.count("SELECT count(*) FROM email_outbox").await, 2);
 }
 
 #[tokio::test]

@@ -179,8 +179,23 @@ async fn spring_forward_night_is_an_hour_shorter_and_its_gap_is_never_seated() {
     let opens = t.local(naive(saturday, 22, 0));
     let closes = t.local(naive(sunday, 2, 0));
     assert_eq!(closes - opens, Duration::hours(3));
-    // The wall time 01:30 does not exist that night: the domain refuses to turn it into a start.
+    // The wall time 01:30 does not exist that night: the domain refuses to turn it into a start,
+    // and so does the API when a guest sends it as the restaurant's wall-clock time.
     assert!(t.policy.local_start(naive(sunday, 1, 30)).is_err());
+    let wall = json!(format!("{sunday}T01:30:00"));
+    for (method, path, body) in [
+        ("POST", "/holds".to_string(), json!({ "restaurant_id": t.restaurant, "party_size": 2, "start": wall })),
+        ("POST", format!("/restaurants/{}/quotes", t.restaurant), json!({ "party_size": 2, "start": wall })),
+    ] {
+        let (s, v) = t.call("alice", method, &path, &body, &[]).await;
+        assert_eq!((s, v["error"]["field"].as_str()), (422, Some("start")), "{path}: {v}");
+    }
+    // A wall-clock start that exists is the instant the restaurant's clock says.
+    let (s, v) = t.hold("alice", &json!(format!("{saturday}T23:30")), 2).await;
+    assert_eq!((s, v["start"].clone()), (201, rfc3339(t.local(naive(saturday, 23, 30)))), "{v}");
+    let c = t.db.pool.get().await.expect("conn");
+    c.execute("DELETE FROM table_claims", &[]).await.expect("reset");
+    c.execute("DELETE FROM holds", &[]).await.expect("reset");
     // Its instant read as GMT (01:30Z) is 02:30 BST: after close, so a 422 and nothing held.
     let gap_as_gmt = naive(sunday, 1, 30).and_utc();
     let (s, v) = t.hold("alice", &rfc3339(gap_as_gmt), 2).await;

@@ -56,6 +56,8 @@ pub struct BookingRow {
     pub guest_email: Option<String>,
     /// Bumped by every change and cancellation: emails about older revisions are superseded.
     pub revision: i32,
+    /// The restaurant's current policy (its time zone renders the guest's local time).
+    pub policy: Option<serde_json::Value>,
 }
 
 #[derive(Clone)]
@@ -181,7 +183,9 @@ WITH input AS (
     RETURNING s.dedupe_key, s.attempts
 )
 SELECT i.dedupe_key, c.attempts, e.state, e.claimed_until,
-       b.restaurant_id, b.status, b.party_size, b.starts_at, b.guest_name, b.guest_email, r.name, b.revision
+       b.restaurant_id, b.status, b.party_size, b.starts_at, b.guest_name, b.guest_email, r.name, b.revision,
+       (SELECT p.body FROM booking_policies p WHERE p.restaurant_id = b.restaurant_id
+         ORDER BY p.version DESC LIMIT 1)
 FROM input i
 LEFT JOIN claimed c ON c.dedupe_key = i.dedupe_key
 LEFT JOIN email_sends e ON e.dedupe_key = i.dedupe_key
@@ -345,6 +349,7 @@ fn claim_row(row: &tokio_postgres::Row) -> ClaimRow {
         guest_name: row.get(8),
         guest_email: row.get(9),
         revision: row.get(11),
+        policy: row.get(12),
     });
     ClaimRow { dedupe_key: DedupeKey::from(row.get::<_, String>(0)), state, booking, restaurant_name: row.get(10) }
 }

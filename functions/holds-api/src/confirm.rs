@@ -12,12 +12,13 @@ use crate::service::{may_act_on, no_table, settings, HoldsService};
 use crate::store::{self, HoldRow, StoredResponse};
 use deadpool_postgres::Transaction;
 use holdfast_adapters::db::{constraints, DbFault};
+use holdfast_adapters::outbox;
 use holdfast_shared::allocator::{self, PartySize, QuoteRequest, Selection};
 use holdfast_shared::auth::{Action, Caller};
 use holdfast_shared::email::EmailJob;
 use holdfast_shared::events::{EventType, Operation, Outcome};
 use holdfast_shared::flags::FlagSet;
-use holdfast_shared::hold::{Attempts, CompleteHoldMetadata, Drift, HoldState};
+use holdfast_shared::hold::{Attempts, CompleteHoldMetadata, Drift, HoldState, HoldStatus};
 use holdfast_shared::ids::{BookingId, HoldId};
 use holdfast_shared::policy::BookingPolicy;
 use holdfast_shared::window::Window;
@@ -97,6 +98,7 @@ impl HoldsService {
             Err(e) => {
                 if path == Path::Drifted {
                     self.record(&o, EventType::PolicyDriftFailed, Outcome::Conflict, Some(e.code())).await;
+                    self.notify_failed_drift(&o).await;
                 }
                 Err(self.fail(&o, e).await)
             }
@@ -132,6 +134,21 @@ impl HoldsService {
         }
         let exhausted = no_table("policy_drift_exhausted", "the booking policy kept changing; retry", vec![]);
         (Err(exhausted), path)
+    }
+
+    /// Ops hear about a drift that could not be recovered too (once per restaurant and policy
+    /// version, like a recovered one). The confirm's transaction is gone, so this is its own;
+    /// a failure to write it is logged, and the next drift of the version writes it again.
+    async fn notify_failed_drift(&self, o: &Observed) {
+        let (Some(restaurant), Some(version)) = (o.restaurant, o.policy_version) else { return };
+        let job = EmailJob::ops_policy_drift(restaurant, version);
+        let written = match self.pool.get().await {
+            Ok(c) => outbox::enqueue(&c, &job, chrono::Utc::now()).await.map(|_| ()),
+            Err(e) => Err(DbFault::from(e)),
+        };
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "could not write the ops drift notice after a failed recovery");
+        }
     }
 
     /// Parse the guest, replay a retry, refuse writes the database would not police.
@@ -237,6 +254,11 @@ impl HoldsService {
         o.restaurant = Some(row.restaurant_id);
         o.party = Some(row.party_size as u16);
         o.mode = Some(row.strict_mode);
+        if let Some(booked) = replacement_booking(tx, &row).await? {
+            // A retry of a confirm whose drift recovery replaced this hold: the answer is the
+            // booking that recovery made, as for any retry of a confirmed hold.
+            return Err(HoldsError::HoldNotLive { state: HoldState::Confirmed, booking_id: Some(booked) });
+        }
         check_live(&row)?;
         let meta =
             row.metadata().require_complete().map_err(|m| HoldsError::MetadataIncomplete { missing: m.missing })?;
@@ -303,6 +325,13 @@ impl HoldsService {
         let msg = "the tables were taken before the hold could be confirmed";
         AttemptEnd::Failed(no_table(code, msg, alternatives), path)
     }
+}
+
+/// The booking of the hold that replaced `row` in a drift recovery, if it was confirmed.
+async fn replacement_booking(tx: &Transaction<'_>, row: &HoldRow) -> Result<Option<BookingId>, HoldsError> {
+    let Some(next) = row.replaced_by.filter(|_| row.status == HoldStatus::Released) else { return Ok(None) };
+    let replacement = store::get_hold(tx, next).await?;
+    Ok(replacement.filter(|h| h.status == HoldStatus::Confirmed).and_then(|h| h.booking_id))
 }
 
 fn check_live(row: &HoldRow) -> Result<(), HoldsError> {

@@ -3,17 +3,17 @@
 //! A value the domain refuses is a `HoldsError::Invalid` naming the field.
 
 use crate::error::HoldsError;
-use chrono::{DateTime, Utc};
 use holdfast_shared::allocator::PartySize;
 use holdfast_shared::guest::{GuestName, GuestNotes, GuestPhone, GuestTextError};
 use holdfast_shared::ids::{RestaurantId, TableId};
+use holdfast_shared::local_time::StartTime;
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QuoteBody {
     pub party_size: u16,
-    pub start: DateTime<Utc>,
+    pub start: StartTime,
 }
 
 #[derive(Debug, Deserialize)]
@@ -21,7 +21,7 @@ pub struct QuoteBody {
 pub struct HoldBody {
     pub restaurant_id: RestaurantId,
     pub party_size: u16,
-    pub start: DateTime<Utc>,
+    pub start: StartTime,
     /// The tables a quote chose; omitted → the service quotes now.
     #[serde(default)]
     pub table_ids: Option<Vec<TableId>>,
@@ -38,7 +38,7 @@ pub struct HoldBody {
 pub struct BookingRequestBody {
     pub restaurant_id: RestaurantId,
     pub party_size: u16,
-    pub start: DateTime<Utc>,
+    pub start: StartTime,
     pub guest: GuestBody,
 }
 
@@ -47,7 +47,7 @@ pub struct BookingRequestBody {
 #[serde(deny_unknown_fields)]
 pub struct BookingChangeBody {
     #[serde(default)]
-    pub start: Option<DateTime<Utc>>,
+    pub start: Option<StartTime>,
     #[serde(default)]
     pub party_size: Option<u16>,
 }

@@ -7,7 +7,7 @@ use crate::error::HoldsError;
 use crate::idempotency::{self, Idempotency, NextAction};
 use crate::observe::Observed;
 use crate::outcome::{HoldCreated, Reply};
-use crate::service::{may_book_at, no_table, settings, HoldsService};
+use crate::service::{may_book_at, no_table, resolve_start, settings, HoldsService};
 use crate::store::{self, NewHold};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
@@ -68,7 +68,13 @@ impl HoldsService {
         body: HoldBody,
         idem: Option<&Idempotency>,
     ) -> Result<Reply<HoldCreated>, HoldsError> {
-        let req = QuoteRequest { party: dto::party("party_size", body.party_size)?, start: body.start };
+        let party = dto::party("party_size", body.party_size)?;
+        let start = match body.start.instant() {
+            Some(t) => t,
+            // A wall-clock start needs the restaurant's clock (one extra read, local starts only).
+            None => resolve_start(&self.policy_of(&self.pool.get().await?, body.restaurant_id).await?, body.start)?,
+        };
+        let req = QuoteRequest { party, start };
         let requested = body.table_ids.map(dto::table_list).transpose()?;
         if let NextAction::Replay(first) = idempotency::decide(&self.pool, idem).await? {
             return Ok(Reply::Replayed(first));

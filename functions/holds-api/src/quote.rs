@@ -5,7 +5,7 @@ use crate::dto::{self, QuoteBody};
 use crate::error::HoldsError;
 use crate::observe::Observed;
 use crate::outcome::Quoted;
-use crate::service::{may_book_at, HoldsService};
+use crate::service::{may_book_at, resolve_start, HoldsService};
 use chrono::Utc;
 use holdfast_shared::allocator::QuoteRequest;
 use holdfast_shared::auth::{Action, Caller};
@@ -35,11 +35,12 @@ impl HoldsService {
         restaurant: RestaurantId,
         body: QuoteBody,
     ) -> Result<Quoted, HoldsError> {
-        let req = QuoteRequest { party: dto::party("party_size", body.party_size)?, start: body.start };
+        let party = dto::party("party_size", body.party_size)?;
         let flags = self.flags.get().await.set;
         let c = self.pool.get().await?;
         let policy = self.policy_of(&c, restaurant).await?;
         o.policy_version = Some(policy.version);
+        let req = QuoteRequest { party, start: resolve_start(&policy, body.start)? };
         let selection = self.quote_now_at(&c, restaurant, &policy, &flags, &req, Utc::now()).await?;
         o.tables = Some(selection.table_ids.len());
         Ok(Quoted::new(restaurant, selection))

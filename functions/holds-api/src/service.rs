@@ -14,6 +14,7 @@ use holdfast_shared::auth::{authorize, Action, Caller, Decision, Resource};
 use holdfast_shared::events::{EventContext, EventType, ObservabilityEvent, Severity, Source};
 use holdfast_shared::flags::FlagSet;
 use holdfast_shared::ids::{RestaurantId, TableId};
+use holdfast_shared::local_time::StartTime;
 use holdfast_shared::policy::BookingPolicy;
 use holdfast_shared::window::Window;
 use std::sync::Arc;
@@ -58,6 +59,12 @@ pub(crate) fn may_book_at(caller: &Caller, action: Action, restaurant: Restauran
         Decision::Allow => Ok(()),
         Decision::NotFound | Decision::Forbidden => Err(HoldsError::NotFound("restaurant")),
     }
+}
+
+/// A start as the client sent it (instant, or the restaurant's wall-clock time) as an instant
+/// on this restaurant's clock: a wall-clock time its clocks skip is a 422 naming `start`.
+pub(crate) fn resolve_start(policy: &BookingPolicy, start: StartTime) -> Result<DateTime<Utc>, HoldsError> {
+    start.resolve(&policy.clock()).map_err(|e| HoldsError::from(holdfast_shared::policy::StartError::LocalTime(e)))
 }
 
 /// "No table fits" as an answer, with the alternatives the allocator finds.

@@ -8,6 +8,7 @@ use crate::store::ClaimRow;
 use futures::FutureExt;
 use holdfast_shared::email::{self, BookingStatus, BookingView, DriftView, EmailJob, EmailType, Rendered};
 use holdfast_shared::ids::BookingId;
+use holdfast_shared::policy::BookingPolicy;
 use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 use uuid::Uuid;
@@ -120,9 +121,16 @@ fn booking_email(t: EmailType, job: &EmailJob, row: &ClaimRow) -> Result<(String
         guest_email: Some(to.clone()),
         party_size: u16::try_from(b.party_size).unwrap_or(1),
         starts_at: b.starts_at,
+        starts_at_local: local_time(b.policy.as_ref(), b.starts_at),
     };
     let Some(r) = email::render_booking(t, &view) else {
         return Err(permanent("no_template"));
     };
     Ok((to.trim().to_string(), r))
+}
+
+/// The start in the restaurant's own zone ("Mon 7 Jan 2030, 19:00 GMT"), from its policy.
+fn local_time(policy: Option<&serde_json::Value>, t: chrono::DateTime<chrono::Utc>) -> Option<String> {
+    let policy: BookingPolicy = serde_json::from_value(policy?.clone()).ok()?;
+    Some(policy.render_local(t))
 }

@@ -28,8 +28,16 @@ async fn route(svc: &HoldsService, req: &Request) -> Result<Response<Body>, Prob
     let path = req.uri().path().trim_end_matches('/');
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let method = req.method();
-    let known =
-        matches!(segs.as_slice(), ["restaurants", _, "quotes"] | ["holds"] | ["holds", _] | ["holds", _, "confirm"]);
+    let known = matches!(
+        segs.as_slice(),
+        ["restaurants", _, "quotes"]
+            | ["holds"]
+            | ["holds", _]
+            | ["holds", _, "confirm"]
+            | ["bookings"]
+            | ["bookings", _]
+            | ["bookings", _, "cancel"]
+    );
     // Deny by default: every route needs the authorizer's identity (the gateway refuses a
     // request without one first; this is the function checking again).
     let caller = match identity::caller(req) {

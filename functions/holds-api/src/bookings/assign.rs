@@ -58,7 +58,17 @@ impl HoldsService {
         let due = store::claim_due(&self.pool.get().await?, limit).await?;
         let mut report = AssignReport { attempted: due.len(), ..AssignReport::default() };
         for (booking, attempts) in due {
-            match self.assign_attempt(booking, attempts).await? {
+            // One job's fault must not hold back the others claimed with it (their lease would
+            // push their retries back a minute): it is counted as retrying, its lease expires.
+            let outcome = match self.assign_attempt(booking, attempts).await {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::warn!(code = e.code(), "auto-assign attempt failed; retried after its lease");
+                    report.retrying += 1;
+                    continue;
+                }
+            };
+            match outcome {
                 AssignOutcome::Confirmed => report.confirmed += 1,
                 AssignOutcome::NotPending => {}
                 AssignOutcome::Failed(_) => {

@@ -6,7 +6,7 @@ use super::{enqueue_confirmation, may_act_on, view};
 use crate::dto::{self, BookingChangeBody};
 use crate::error::HoldsError;
 use crate::outcome::BookingView;
-use crate::service::{no_table, HoldsService};
+use crate::service::{no_table, resolve_start, HoldsService};
 use crate::store;
 use holdfast_adapters::db::{constraints, DbFault};
 use holdfast_shared::allocator::QuoteRequest;
@@ -37,11 +37,15 @@ impl HoldsService {
             Some(p) => p,
             None => dto::party("party_size", b.party_size as u16)?,
         };
-        let req = QuoteRequest { party, start: body.start.unwrap_or(b.starts_at) };
+        let policy = self.policy_of(&tx, b.restaurant_id).await?;
+        let start = match body.start {
+            Some(s) => resolve_start(&policy, s)?,
+            None => b.starts_at,
+        };
+        let req = QuoteRequest { party, start };
         // Free the old tables inside this transaction: the quote sees them free, and if
         // anything below fails the rollback puts them back.
         store::deactivate_booking_claims(&tx, id).await?;
-        let policy = self.policy_of(&tx, b.restaurant_id).await?;
         let sel = self.quote_now(&tx, b.restaurant_id, &policy, &flags, &req).await?;
         let written = async {
             store::lock_tables(&tx, &sel.table_ids).await?;

@@ -63,7 +63,18 @@ async fn enqueue_confirmation<C: GenericClient>(
         _ => EmailJob::for_revision(kind, booking, revision),
     };
     outbox::enqueue(c, &job, now).await?;
-    if let Some(at) = email::reminder_at(starts_at, REMINDER_LEAD, now) {
+    enqueue_reminder(c, booking, revision, starts_at).await
+}
+
+/// The reminder of a confirmed booking's `revision`, `REMINDER_LEAD` before its start (none
+/// when that is already past). Used by every path that confirms or changes a booking.
+pub(crate) async fn enqueue_reminder<C: GenericClient>(
+    c: &C,
+    booking: BookingId,
+    revision: i32,
+    starts_at: DateTime<Utc>,
+) -> Result<(), DbFault> {
+    if let Some(at) = email::reminder_at(starts_at, REMINDER_LEAD, Utc::now()) {
         let mut reminder = EmailJob::for_revision(EmailType::Reminder, booking, revision);
         reminder.not_before = Some(at);
         outbox::enqueue(c, &reminder, at).await?;

@@ -8,7 +8,7 @@ use crate::dto::{self, BookingRequestBody};
 use crate::error::HoldsError;
 use crate::idempotency::{self, Idempotency, NextAction};
 use crate::outcome::{BookingView, Reply};
-use crate::service::{may_book_at, HoldsService};
+use crate::service::{may_book_at, resolve_start, HoldsService};
 use crate::store::{self, NewBooking};
 use chrono::{Duration, Utc};
 use holdfast_adapters::outbox;
@@ -28,7 +28,7 @@ impl HoldsService {
     ) -> Result<Reply<BookingView>, HoldsError> {
         let restaurant = body.restaurant_id;
         may_book_at(caller, Action::BookingRequest, restaurant)?;
-        let req = QuoteRequest { party: dto::party("party_size", body.party_size)?, start: body.start };
+        let party = dto::party("party_size", body.party_size)?;
         let guest = body.guest.parse()?;
         if let NextAction::Replay(first) = idempotency::decide(&self.pool, idem.as_ref()).await? {
             return Ok(Reply::Replayed(first));
@@ -36,6 +36,7 @@ impl HoldsService {
         let flags = self.flags.get().await.set;
         let mut c = self.pool.get().await?;
         let policy = self.policy_of(&c, restaurant).await?;
+        let req = QuoteRequest { party, start: resolve_start(&policy, body.start)? };
         // Refuse now what no retry can fix (closed then, party too large); a full house is not
         // refused: the request waits for a table.
         match self.quote_now(&c, restaurant, &policy, &flags, &req).await {
@@ -53,6 +54,11 @@ impl HoldsService {
         let id = BookingId::new_random();
         let now = Utc::now();
         let tx = c.transaction().await?;
+        // Requests count against the same hourly limit as confirmations (both make bookings).
+        let (made, retry_after_secs) = store::recent_confirms(&tx, restaurant, &caller.subject).await?;
+        if made >= u32::from(policy.guest_limits.max_confirms_per_hour) {
+            return Err(HoldsError::TooManyConfirms { retry_after_secs });
+        }
         let pending = NewBooking {
             id,
             restaurant,

@@ -2,6 +2,7 @@
 //! confirmation email in the outbox and the idempotent first response, all or nothing.
 
 use super::{drift_notice, Loaded};
+use crate::bookings::enqueue_reminder;
 use crate::dto::Guest;
 use crate::idempotency::{self, Idempotency};
 use crate::outcome::{Confirmed, DriftReport};
@@ -33,6 +34,8 @@ pub(super) async fn book_held_tables(
     store::insert_booking_claims(tx, row.restaurant_id, tables, &l.blocked, booking).await?;
     store::set_hold_confirmed(tx, row.id, booking).await?;
     outbox::enqueue(tx, &EmailJob::for_booking(EmailType::BookingConfirmed, booking), Utc::now()).await?;
+    // A new booking is at revision 1 (V8's default).
+    enqueue_reminder(tx, booking, 1, l.seated.start()).await?;
     let confirmed = Confirmed {
         booking_id: booking,
         hold_id: row.id,
@@ -89,6 +92,7 @@ pub(super) async fn requote_and_book(
     store::set_hold_released(tx, row.id, Some(new_hold)).await?;
     store::insert_booking_claims(tx, row.restaurant_id, &sel.table_ids, &sel.blocked, booking).await?;
     outbox::enqueue(tx, &EmailJob::for_booking(EmailType::BookingConfirmed, booking), Utc::now()).await?;
+    enqueue_reminder(tx, booking, 1, sel.seated.start()).await?;
     let confirmed = Confirmed {
         booking_id: booking,
         hold_id: new_hold,
