@@ -1,10 +1,8 @@
-//! A booking's life after the request: the auto-assign retry rule and the reminder lead.
+//! A booking's life after the request: the auto-assign retry rule. (The reminder lead is
+//! policy data: `BookingPolicy::reminder_hours_before`.)
 //! Pure: the holds API's assigner asks these with the database's facts and the clock.
 
 use chrono::{DateTime, Duration, Utc};
-
-/// How far ahead of the start a confirmed booking's reminder goes out.
-pub const REMINDER_LEAD: Duration = Duration::hours(24);
 
 /// Delays before the 2nd, 3rd and 4th auto-assign attempts (the 1st is inline, in the request).
 pub const ASSIGN_RETRY_DELAYS: [Duration; 3] = [Duration::seconds(5), Duration::seconds(15), Duration::seconds(45)];

@@ -145,6 +145,21 @@ pub struct BookingPolicy {
     /// the past or years ahead; holds already made under such a hash are not re-checked).
     #[serde(default, skip_serializing_if = "BookingHorizon::is_default")]
     pub booking_horizon: BookingHorizon,
+    /// How long before the start a confirmed booking's reminder goes out. Hashed only when not
+    /// the default, like `guest_limits`.
+    #[serde(default = "default_reminder_hours", skip_serializing_if = "is_default_reminder_hours")]
+    pub reminder_hours_before: u16,
+}
+
+/// Reminders go out this many hours before the start unless the policy says otherwise.
+pub const DEFAULT_REMINDER_HOURS: u16 = 24;
+
+fn default_reminder_hours() -> u16 {
+    DEFAULT_REMINDER_HOURS
+}
+
+fn is_default_reminder_hours(h: &u16) -> bool {
+    *h == DEFAULT_REMINDER_HOURS
 }
 
 /// The window of bookable starts, relative to now.
@@ -332,6 +347,11 @@ impl<'de> Deserialize<'de> for PolicyHash {
 }
 
 impl BookingPolicy {
+    /// How long before the start the reminder of a booking goes out.
+    pub fn reminder_lead(&self) -> Duration {
+        Duration::hours(i64::from(self.reminder_hours_before))
+    }
+
     /// Every problem at once (not just the first), so an operator can fix a policy in one go.
     pub fn validate(&self) -> Result<(), Vec<PolicyError>> {
         let mut errors = Vec::new();
@@ -625,6 +645,7 @@ impl BookingPolicy {
             slot_minutes: 15,
             guest_limits: GuestLimits::DEFAULT,
             booking_horizon: BookingHorizon::DEFAULT,
+            reminder_hours_before: DEFAULT_REMINDER_HOURS,
             tables: vec![
                 table(1, "M1", "main", 1, 2, true, &[2]),
                 table(2, "M2", "main", 1, 2, true, &[1, 3]),
@@ -707,6 +728,7 @@ mod tests {
             slot_minutes: 30,
             guest_limits: GuestLimits::DEFAULT,
             booking_horizon: BookingHorizon::DEFAULT,
+            reminder_hours_before: DEFAULT_REMINDER_HOURS,
             tables: vec![
                 TableSpec {
                     id: b,
@@ -907,6 +929,11 @@ mod tests {
             let back: BookingPolicy = serde_json::from_str(&serde_json::to_string(&p).expect("ser")).expect("de");
             assert_eq!(back, p, "round trip keeps the limits");
         }
+        let mut r = base.clone();
+        assert!(!base.canonical_json().contains("reminder_hours_before"));
+        r.reminder_hours_before = 2;
+        assert_ne!(r.content_hash(), base.content_hash(), "the reminder lead is hashed once set");
+        assert_eq!(r.reminder_lead(), Duration::hours(2));
     }
 
     #[test]

@@ -307,3 +307,21 @@ async fn the_reminder_goes_once_at_its_time_and_follows_a_change() {
     assert_eq!(count(&mail, "reminder"), 1, "{mail:?}");
     assert_eq!(t.skipped("superseded_by_change").await, 1);
 }
+
+#[tokio::test]
+async fn the_reminder_lead_is_policy_data() {
+    let t = Ctx::new(0).await;
+    let mut v2 = t.policy.clone();
+    v2.version = 2;
+    v2.reminder_hours_before = 2;
+    let c = t.db.pool.get().await.expect("conn");
+    holds_api::store::publish_policy(&c, t.restaurant, "Lifecycle Bistro", &v2).await.expect("publish");
+    let (s, b) = t.call("jane", "POST", "/bookings", &t.request_body(START, 2)).await;
+    assert_eq!((s, b["status"].as_str()), (201, Some("confirmed")), "{b}");
+    let at: DateTime<Utc> = c
+        .query_one("SELECT not_before FROM email_outbox WHERE email_type = 'reminder'", &[])
+        .await
+        .expect("one reminder")
+        .get(0);
+    assert_eq!(at, start() - Duration::hours(2));
+}

@@ -112,7 +112,7 @@ impl HoldsService {
             Err(HoldsError::Invalid { .. }) => return Ok(AssignOutcome::Failed(AssignFailure::Hard("invalid_start"))),
             Err(e) => return Err(e),
         };
-        confirm_with(&tx, booking, &sel).await?;
+        confirm_with(&tx, booking, &sel, policy.reminder_lead()).await?;
         tx.commit().await?;
         Ok(AssignOutcome::Confirmed)
     }
@@ -145,7 +145,12 @@ impl HoldsService {
 }
 
 /// Claim the selection's tables for the booking and confirm it, with its emails.
-async fn confirm_with(tx: &Transaction<'_>, booking: BookingId, sel: &Selection) -> Result<(), DbFault> {
+async fn confirm_with(
+    tx: &Transaction<'_>,
+    booking: BookingId,
+    sel: &Selection,
+    reminder_lead: chrono::Duration,
+) -> Result<(), DbFault> {
     let restaurant = store::lock_booking(tx, booking).await?.map(|b| b.restaurant_id);
     let Some(restaurant) = restaurant else { return Err(DbFault::Other("booking vanished".into())) };
     store::lock_tables(tx, &sel.table_ids).await?;
@@ -154,5 +159,5 @@ async fn confirm_with(tx: &Transaction<'_>, booking: BookingId, sel: &Selection)
     let party = sel.party.get() as i16;
     let revision = store::set_booking(tx, booking, BookingStatus::Confirmed, party, &sel.seated, false).await?;
     store::finish_assignment(tx, booking).await?;
-    enqueue_confirmation(tx, booking, EmailType::BookingConfirmed, revision, sel.seated.start()).await
+    enqueue_confirmation(tx, booking, EmailType::BookingConfirmed, revision, sel.seated.start(), reminder_lead).await
 }

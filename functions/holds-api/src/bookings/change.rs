@@ -53,7 +53,8 @@ impl HoldsService {
             store::insert_booking_claims(&tx, b.restaurant_id, &sel.table_ids, &sel.blocked, id).await?;
             let party = sel.party.get() as i16;
             let rev = store::set_booking(&tx, id, BookingStatus::Confirmed, party, &sel.seated, true).await?;
-            enqueue_confirmation(&tx, id, EmailType::BookingUpdated, rev, sel.seated.start()).await?;
+            let lead = policy.reminder_lead();
+            enqueue_confirmation(&tx, id, EmailType::BookingUpdated, rev, sel.seated.start(), lead).await?;
             Ok::<(), DbFault>(())
         }
         .await;

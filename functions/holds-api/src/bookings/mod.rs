@@ -13,12 +13,11 @@ use crate::error::HoldsError;
 use crate::outcome::BookingView;
 use crate::service::HoldsService;
 use crate::store::{self, BookingRow};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration, Utc};
 use deadpool_postgres::GenericClient;
 use holdfast_adapters::db::DbFault;
 use holdfast_adapters::outbox;
 use holdfast_shared::auth::{authorize, Action, Caller, Decision, Resource};
-use holdfast_shared::booking::REMINDER_LEAD;
 use holdfast_shared::email::{self, BookingStatus, EmailJob, EmailType};
 use holdfast_shared::ids::BookingId;
 
@@ -49,13 +48,14 @@ fn may_act_on(caller: &Caller, action: Action, b: &BookingRow) -> Result<(), Hol
 }
 
 /// The confirmed booking's emails for `revision`: `kind` (confirmed or updated) now, and the
-/// reminder `REMINDER_LEAD` before the start (none when that is already past).
+/// reminder `lead` before the start (the policy's; none when that is already past).
 async fn enqueue_confirmation<C: GenericClient>(
     c: &C,
     booking: BookingId,
     kind: EmailType,
     revision: i32,
     starts_at: DateTime<Utc>,
+    lead: Duration,
 ) -> Result<(), DbFault> {
     let now = Utc::now();
     let job = match kind {
@@ -63,18 +63,20 @@ async fn enqueue_confirmation<C: GenericClient>(
         _ => EmailJob::for_revision(kind, booking, revision),
     };
     outbox::enqueue(c, &job, now).await?;
-    enqueue_reminder(c, booking, revision, starts_at).await
+    enqueue_reminder(c, booking, revision, starts_at, lead).await
 }
 
-/// The reminder of a confirmed booking's `revision`, `REMINDER_LEAD` before its start (none
-/// when that is already past). Used by every path that confirms or changes a booking.
+/// The reminder of a confirmed booking's `revision`, `lead` (the policy's
+/// `reminder_hours_before`) before its start; none when that is already past. Used by every
+/// path that confirms or changes a booking.
 pub(crate) async fn enqueue_reminder<C: GenericClient>(
     c: &C,
     booking: BookingId,
     revision: i32,
     starts_at: DateTime<Utc>,
+    lead: Duration,
 ) -> Result<(), DbFault> {
-    if let Some(at) = email::reminder_at(starts_at, REMINDER_LEAD, Utc::now()) {
+    if let Some(at) = email::reminder_at(starts_at, lead, Utc::now()) {
         let mut reminder = EmailJob::for_revision(EmailType::Reminder, booking, revision);
         reminder.not_before = Some(at);
         outbox::enqueue(c, &reminder, at).await?;

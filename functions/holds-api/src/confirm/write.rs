@@ -35,7 +35,7 @@ pub(super) async fn book_held_tables(
     store::set_hold_confirmed(tx, row.id, booking).await?;
     outbox::enqueue(tx, &EmailJob::for_booking(EmailType::BookingConfirmed, booking), Utc::now()).await?;
     // A new booking is at revision 1 (V8's default).
-    enqueue_reminder(tx, booking, 1, l.seated.start()).await?;
+    enqueue_reminder(tx, booking, 1, l.seated.start(), l.policy.reminder_lead()).await?;
     let confirmed = Confirmed {
         booking_id: booking,
         hold_id: row.id,
@@ -92,7 +92,7 @@ pub(super) async fn requote_and_book(
     store::set_hold_released(tx, row.id, Some(new_hold)).await?;
     store::insert_booking_claims(tx, row.restaurant_id, &sel.table_ids, &sel.blocked, booking).await?;
     outbox::enqueue(tx, &EmailJob::for_booking(EmailType::BookingConfirmed, booking), Utc::now()).await?;
-    enqueue_reminder(tx, booking, 1, sel.seated.start()).await?;
+    enqueue_reminder(tx, booking, 1, sel.seated.start(), l.policy.reminder_lead()).await?;
     let confirmed = Confirmed {
         booking_id: booking,
         hold_id: new_hold,
