@@ -22,19 +22,21 @@ const PGBENCH_SCRIPT: &str = r#"SELECT nextval('bench_day') AS day \gset
 SELECT id AS tid, min_party AS party FROM restaurant_tables ORDER BY id OFFSET (CAST(:client_id AS int) % 8) LIMIT 1 \gset
 BEGIN;
 SELECT body FROM booking_policies WHERE restaurant_id = CAST(:rid AS uuid) ORDER BY version DESC LIMIT 1;
+SELECT pg_advisory_xact_lock(hashtextextended(:rid || '|' || 'bench-guest-' || :day, 0));
 SELECT id FROM restaurant_tables WHERE id = ANY(ARRAY[CAST(:tid AS uuid)]) ORDER BY id FOR NO KEY UPDATE;
 UPDATE table_claims SET active = false WHERE active AND kind = 'hold' AND expires_at <= now() AND table_id = ANY(ARRAY[CAST(:tid AS uuid)]) AND during && tstzrange(timestamptz '2040-01-01 19:00+00' + make_interval(days => CAST(:day AS int)), timestamptz '2040-01-01 21:00+00' + make_interval(days => CAST(:day AS int)), '[)');
-WITH h AS (INSERT INTO holds (id, restaurant_id, party_size, starts_at, ends_at, blocked, status, strict_mode, expires_at, policy_version, policy_hash, table_ids, selection_snapshot) VALUES (gen_random_uuid(), CAST(:rid AS uuid), CAST(:party AS smallint), timestamptz '2040-01-01 19:00+00' + make_interval(days => CAST(:day AS int)), timestamptz '2040-01-01 20:30+00' + make_interval(days => CAST(:day AS int)), tstzrange(timestamptz '2040-01-01 19:00+00' + make_interval(days => CAST(:day AS int)), timestamptz '2040-01-01 21:00+00' + make_interval(days => CAST(:day AS int)), '[)'), 'held', 'enforced', now() + interval '180 seconds', 1, repeat('a', 64), ARRAY[CAST(:tid AS uuid)], '{"strategy":"single"}') RETURNING id, expires_at, blocked) INSERT INTO table_claims (restaurant_id, table_id, kind, hold_id, during, expires_at, exclusive) SELECT CAST(:rid AS uuid), CAST(:tid AS uuid), 'hold', h.id, h.blocked, h.expires_at, true FROM h;
+WITH h AS (INSERT INTO holds (id, restaurant_id, party_size, starts_at, ends_at, blocked, status, strict_mode, expires_at, policy_version, policy_hash, table_ids, selection_snapshot, owner_subject) SELECT gen_random_uuid(), CAST(:rid AS uuid), CAST(:party AS smallint), timestamptz '2040-01-01 19:00+00' + make_interval(days => CAST(:day AS int)), timestamptz '2040-01-01 20:30+00' + make_interval(days => CAST(:day AS int)), tstzrange(timestamptz '2040-01-01 19:00+00' + make_interval(days => CAST(:day AS int)), timestamptz '2040-01-01 21:00+00' + make_interval(days => CAST(:day AS int)), '[)'), 'held', 'enforced', now() + interval '180 seconds', 1, repeat('a', 64), ARRAY[CAST(:tid AS uuid)], '{"strategy":"single"}', 'bench-guest-' || :day WHERE (SELECT count(*) FROM holds WHERE restaurant_id = CAST(:rid AS uuid) AND owner_subject = 'bench-guest-' || :day AND status = 'held' AND expires_at > now()) < 4 RETURNING id, expires_at, blocked) INSERT INTO table_claims (restaurant_id, table_id, kind, hold_id, during, expires_at, exclusive) SELECT CAST(:rid AS uuid), CAST(:tid AS uuid), 'hold', h.id, h.blocked, h.expires_at, true FROM h;
 COMMIT;
 INSERT INTO observability_events (source, event_type, severity, restaurant_id, context) VALUES ('holds-api', 'hold.created', 'info', CAST(:rid AS uuid), '{"operation":"hold","outcome":"success"}');
 "#;
 
-/// The same script with the table lock, the prune and the hold+claims insert pipelined, as
+/// The same script with the guest lock, the table lock, the prune and the guarded hold+claims
+/// insert pipelined, as
 /// the handler sends them (`store::hold_write`): the stricter baseline.
 fn pipelined_script() -> String {
     let mut out = String::new();
     for line in PGBENCH_SCRIPT.lines() {
-        if line.starts_with("SELECT id FROM restaurant_tables") {
+        if line.starts_with("SELECT pg_advisory_xact_lock") {
             out.push_str("\\startpipeline\n");
         }
         out.push_str(line);
