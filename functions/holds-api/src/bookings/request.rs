@@ -15,7 +15,7 @@ use holdfast_adapters::outbox;
 use holdfast_shared::allocator::{QuoteRejection, QuoteRequest};
 use holdfast_shared::auth::{Action, Caller};
 use holdfast_shared::booking::ASSIGN_RETRY_DELAYS;
-use holdfast_shared::email;
+use holdfast_shared::email::{self, BookingStatus};
 use holdfast_shared::ids::BookingId;
 use holdfast_shared::window::Window;
 
@@ -70,7 +70,7 @@ impl HoldsService {
             guest_notes: guest.notes.as_ref().map(|n| n.as_str()),
             owner: Some(&caller.subject),
         };
-        store::insert_requested_booking(&tx, &pending).await?;
+        store::insert_booking(&tx, &pending, BookingStatus::Requested).await?;
         // The job is due a little later: if this function dies before its inline attempt, the
         // assigner picks the request up; if the inline attempt runs, it settles the job first.
         store::insert_assignment(&tx, id, now + ASSIGN_RETRY_DELAYS[0] + Duration::seconds(5)).await?;

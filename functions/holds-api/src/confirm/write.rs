@@ -12,7 +12,7 @@ use deadpool_postgres::Transaction;
 use holdfast_adapters::db::DbFault;
 use holdfast_adapters::outbox;
 use holdfast_shared::allocator::Selection;
-use holdfast_shared::email::{EmailJob, EmailType};
+use holdfast_shared::email::{BookingStatus, EmailJob, EmailType};
 use holdfast_shared::hold::HoldStatus;
 use holdfast_shared::ids::{BookingId, HoldId};
 use holdfast_shared::window::Window;
@@ -138,5 +138,5 @@ async fn insert_booking(
         guest_notes: guest.notes.as_ref().map(|n| n.as_str()),
         owner: l.row.owner.as_ref(),
     };
-    store::insert_booking(tx, &b).await
+    store::insert_booking(tx, &b, BookingStatus::Confirmed).await
 }

@@ -20,28 +20,31 @@ pub struct NewBooking<'a> {
     pub owner: Option<&'a Subject>,
 }
 
-pub async fn insert_booking<C: GenericClient>(c: &C, b: &NewBooking<'_>) -> Result<(), DbFault> {
-    c.execute(
-        &c.prepare_cached(
+/// A new booking: `confirmed` (from a hold, tables claimed in the same transaction) or
+/// `requested` (a pending request, no tables yet).
+pub async fn insert_booking<C: GenericClient>(c: &C, b: &NewBooking<'_>, status: BookingStatus) -> Result<(), DbFault> {
+    let stmt = c
+        .prepare_cached(
             "INSERT INTO bookings (id, restaurant_id, status, party_size, starts_at, ends_at,
                                guest_name, guest_email, guest_phone, guest_notes, owner_subject)
-         VALUES ($1, $2, 'confirmed', $3, $4, $5, $6, $7, $8, $9, $10)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
-        .await?,
-        &[
-            &b.id.as_uuid(),
-            &b.restaurant.as_uuid(),
-            &b.party_size,
-            &b.seated.start(),
-            &b.seated.end(),
-            &b.guest_name,
-            &b.guest_email,
-            &b.guest_phone,
-            &b.guest_notes,
-            &b.owner.map(Subject::as_str),
-        ],
-    )
-    .await?;
+        .await?;
+    let (owner, status) = (b.owner.map(Subject::as_str), booking_status_str(status));
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
+        &b.id.as_uuid(),
+        &b.restaurant.as_uuid(),
+        &status,
+        &b.party_size,
+        &b.seated.start(),
+        &b.seated.end(),
+        &b.guest_name,
+        &b.guest_email,
+        &b.guest_phone,
+        &b.guest_notes,
+        &owner,
+    ];
+    c.execute(&stmt, &params).await?;
     Ok(())
 }
 
@@ -119,32 +122,6 @@ pub async fn get_booking<C: GenericClient>(c: &C, id: BookingId) -> Result<Optio
 pub async fn lock_booking<C: GenericClient>(c: &C, id: BookingId) -> Result<Option<BookingRow>, DbFault> {
     let sql = format!("{BOOKING_SELECT} FOR UPDATE OF b");
     c.query_opt(&c.prepare_cached(&sql).await?, &[&id.as_uuid()]).await?.as_ref().map(booking_from_row).transpose()
-}
-
-/// A booking request: status `requested`, no tables yet, the guest's details.
-pub async fn insert_requested_booking<C: GenericClient>(c: &C, b: &NewBooking<'_>) -> Result<(), DbFault> {
-    let stmt = c
-        .prepare_cached(
-            "INSERT INTO bookings (id, restaurant_id, status, party_size, starts_at, ends_at,
-                               guest_name, guest_email, guest_phone, guest_notes, owner_subject)
-         VALUES ($1, $2, 'requested', $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .await?;
-    let owner = b.owner.map(Subject::as_str);
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 10] = [
-        &b.id.as_uuid(),
-        &b.restaurant.as_uuid(),
-        &b.party_size,
-        &b.seated.start(),
-        &b.seated.end(),
-        &b.guest_name,
-        &b.guest_email,
-        &b.guest_phone,
-        &b.guest_notes,
-        &owner,
-    ];
-    c.execute(&stmt, &params).await?;
-    Ok(())
 }
 
 /// The booking now sits in `seated` for `party_size` with status `status`; a change bumps the

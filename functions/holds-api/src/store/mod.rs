@@ -12,8 +12,8 @@ mod policy;
 
 pub use assignments::{claim_due, finish_assignment, insert_assignment, record_attempt};
 pub use bookings::{
-    deactivate_booking_claims, get_booking, insert_booking, insert_requested_booking, lock_booking, recent_confirms,
-    set_booking, BookingRow, NewBooking,
+    deactivate_booking_claims, get_booking, insert_booking, lock_booking, recent_confirms, set_booking, BookingRow,
+    NewBooking,
 };
 pub use claims::{busy, deactivate_hold_claims, insert_booking_claims, lock_tables, prune_expired, shadow_overlap};
 pub use holds::{
