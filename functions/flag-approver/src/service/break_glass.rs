@@ -2,14 +2,12 @@
 //! it can only turn things off, it alarms, and someone else must review it within 24 h.
 
 use super::audit::audit;
-use super::propose::empty_value_check;
+use super::propose::Rule;
 use super::{with_request_id, Caller, FlagApprover, ProposalView, ProposeInput};
 use crate::error::ApproverError;
 use crate::store::{self, AuditAction, StoredProposal};
-use chrono::Utc;
 use holdfast_shared::events::{EventContext, EventType, ObservabilityEvent, Operation, Outcome, Source};
 use holdfast_shared::flags::{self, Review};
-use holdfast_shared::ids::ProposalId;
 
 impl FlagApprover {
     /// Break-glass: one ops member turns kill switches off alone. Validated like a proposal
@@ -20,26 +18,9 @@ impl FlagApprover {
     /// `apply`), with its review.
     pub async fn break_glass(&self, who: &Caller, input: ProposeInput) -> Result<ProposalView, ApproverError> {
         let env = input.env;
-        let current = self.read_ssm(env).await?;
-        let now = Utc::now();
-        let result = empty_value_check(env, &input.changes).and_then(|()| {
-            flags::break_glass(
-                &current.set,
-                env,
-                &input.changes,
-                |f| current.raw_value(f).map(|r| r.value.clone()),
-                who.actor.clone(),
-                ProposalId::new_random(),
-                now,
-            )
-        });
-        let proposal = match result {
-            Ok(p) => p,
-            Err(refused) => {
-                self.audit_refusal(AuditAction::BreakGlassRefused, who, &input, &current, &refused).await?;
-                return Err(ApproverError::Refused(refused));
-            }
-        };
+        let rule: Rule =
+            |set, env, changes, old_raw, actor, id, now| flags::break_glass(set, env, changes, old_raw, actor, id, now);
+        let (proposal, now) = self.decide(who, &input, rule, AuditAction::BreakGlassRefused).await?;
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         store::insert_proposal(&tx, &proposal, &input.reason).await?;

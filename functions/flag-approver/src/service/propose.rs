@@ -5,36 +5,60 @@ use super::audit::audit;
 use super::{Caller, FlagApprover, ProposalView, ProposeInput};
 use crate::error::ApproverError;
 use crate::store::{self, AuditAction, StoredProposal};
+use chrono::DateTime;
 use chrono::Utc;
-use holdfast_shared::flags::{self, lookup, ChangeRefused, ChangeRequest, Environment, FlagValueError};
+use holdfast_shared::flags::{
+    self, lookup, Actor, ChangeRefused, ChangeRequest, Environment, FlagSet, FlagValueError, Proposal,
+};
 use holdfast_shared::ids::ProposalId;
 
+/// A workflow rule that turns requested changes into a proposal (`flags::propose_changes`,
+/// `flags::break_glass`), or refuses them.
+pub(super) type Rule = fn(
+    &FlagSet,
+    Environment,
+    &[ChangeRequest],
+    &dyn Fn(&str) -> Option<String>,
+    Actor,
+    ProposalId,
+    DateTime<Utc>,
+) -> Result<Proposal, ChangeRefused>;
+
 impl FlagApprover {
+    /// Read the environment's flags as SSM holds them now and let `rule` decide on `input`. A
+    /// refusal is audited as `refused` (one row per registry flag named) and answered with its
+    /// rule ids. The proposal comes back with the instant it was decided at.
+    pub(super) async fn decide(
+        &self,
+        who: &Caller,
+        input: &ProposeInput,
+        rule: Rule,
+        refused: AuditAction,
+    ) -> Result<(Proposal, DateTime<Utc>), ApproverError> {
+        let (env, now) = (input.env, Utc::now());
+        let current = self.read_ssm(env).await?;
+        let old_raw = |f: &str| current.raw_value(f).map(|r| r.value.clone());
+        let result = empty_value_check(env, &input.changes).and_then(|()| {
+            rule(&current.set, env, &input.changes, &old_raw, who.actor.clone(), ProposalId::new_random(), now)
+        });
+        match result {
+            Ok(p) => Ok((p, now)),
+            Err(refusal) => {
+                self.audit_refusal(refused, who, input, &current, &refusal).await?;
+                Err(ApproverError::Refused(refusal))
+            }
+        }
+    }
+
     /// Validates the changes together against the target environment's flags as SSM holds
     /// them now, and opens one proposal for them. A refused change is audited (one row per
     /// registry flag named) and answered with the rule ids.
     pub async fn propose(&self, who: &Caller, input: ProposeInput) -> Result<ProposalView, ApproverError> {
         let env = input.env;
-        let current = self.read_ssm(env).await?;
-        let now = Utc::now();
-        let result = empty_value_check(env, &input.changes).and_then(|()| {
-            flags::propose_changes(
-                &current.set,
-                env,
-                &input.changes,
-                |f| current.raw_value(f).map(|r| r.value.clone()),
-                who.actor.clone(),
-                ProposalId::new_random(),
-                now,
-            )
-        });
-        let proposal = match result {
-            Ok(p) => p,
-            Err(refused) => {
-                self.audit_refusal(AuditAction::ProposeRefused, who, &input, &current, &refused).await?;
-                return Err(ApproverError::Refused(refused));
-            }
+        let rule: Rule = |set, env, changes, old_raw, actor, id, now| {
+            flags::propose_changes(set, env, changes, old_raw, actor, id, now)
         };
+        let (proposal, now) = self.decide(who, &input, rule, AuditAction::ProposeRefused).await?;
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         store::insert_proposal(&tx, &proposal, &input.reason).await?;
