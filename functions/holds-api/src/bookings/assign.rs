@@ -17,11 +17,21 @@ use holdfast_shared::booking::{after_failure, AfterFailure, AssignFailure};
 use holdfast_shared::email::{BookingStatus, EmailJob, EmailType};
 use holdfast_shared::ids::BookingId;
 
-/// How one attempt ended.
+/// How one attempt ended, with the job's bookkeeping done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AssignOutcome {
     Confirmed,
     /// The booking is no longer a pending request (confirmed or cancelled another way).
+    NotPending,
+    /// Failed; the job is due again later.
+    Retrying(AssignFailure),
+    /// Failed for the last time; the booking stays pending and ops have their notice.
+    GaveUp(AssignFailure),
+}
+
+/// One attempt's own result, before the job's bookkeeping.
+enum Attempt {
+    Confirmed,
     NotPending,
     Failed(AssignFailure),
 }
@@ -39,18 +49,20 @@ impl HoldsService {
     /// One attempt for `booking`, `attempts_before` attempts having been made, and the job's
     /// bookkeeping after it (retry time, or exhausted with one ops notice).
     pub async fn assign_attempt(&self, booking: BookingId, attempts_before: i32) -> Result<AssignOutcome, HoldsError> {
-        let outcome = match self.assign_once(booking).await {
-            Ok(o) => o,
+        let failure = match self.assign_once(booking).await {
+            Ok(Attempt::Confirmed) => return Ok(AssignOutcome::Confirmed),
+            Ok(Attempt::NotPending) => return Ok(AssignOutcome::NotPending),
+            Ok(Attempt::Failed(f)) => f,
             Err(HoldsError::Db(f)) if f.violates(constraints::TABLE_CLAIMS_NO_OVERLAP) => {
-                AssignOutcome::Failed(AssignFailure::Transient("hold_conflict"))
+                AssignFailure::Transient("hold_conflict")
             }
-            Err(HoldsError::Db(_)) => AssignOutcome::Failed(AssignFailure::Transient("database_unavailable")),
+            Err(HoldsError::Db(_)) => AssignFailure::Transient("database_unavailable"),
             Err(e) => return Err(e),
         };
-        if let AssignOutcome::Failed(f) = outcome {
-            self.after_failed_attempt(booking, attempts_before + 1, f).await?;
-        }
-        Ok(outcome)
+        Ok(match self.after_failed_attempt(booking, attempts_before + 1, failure).await? {
+            AfterFailure::RetryAt(_) => AssignOutcome::Retrying(failure),
+            AfterFailure::GiveUp => AssignOutcome::GaveUp(failure),
+        })
     }
 
     /// Claim the due jobs and make one attempt for each (the scheduled assigner's one step).
@@ -71,33 +83,22 @@ impl HoldsService {
             match outcome {
                 AssignOutcome::Confirmed => report.confirmed += 1,
                 AssignOutcome::NotPending => {}
-                AssignOutcome::Failed(_) => {
-                    let c = self.pool.get().await?;
-                    let pending =
-                        store::get_booking(&c, booking).await?.map(|b| b.status) == Some(BookingStatus::Requested);
-                    let state: Option<String> = c
-                        .query_opt("SELECT state FROM booking_assignments WHERE booking_id = $1", &[&booking.as_uuid()])
-                        .await?
-                        .map(|r| r.get(0));
-                    match (pending, state.as_deref()) {
-                        (true, Some("pending")) => report.retrying += 1,
-                        _ => report.gave_up += 1,
-                    }
-                }
+                AssignOutcome::Retrying(_) => report.retrying += 1,
+                AssignOutcome::GaveUp(_) => report.gave_up += 1,
             }
         }
         Ok(report)
     }
 
-    async fn assign_once(&self, booking: BookingId) -> Result<AssignOutcome, HoldsError> {
+    async fn assign_once(&self, booking: BookingId) -> Result<Attempt, HoldsError> {
         let flags = self.flags.get().await.set;
         let mut c = self.pool.get().await?;
         let tx = c.transaction().await?;
-        let Some(b) = store::lock_booking(&tx, booking).await? else { return Ok(AssignOutcome::NotPending) };
+        let Some(b) = store::lock_booking(&tx, booking).await? else { return Ok(Attempt::NotPending) };
         if b.status != BookingStatus::Requested {
             store::finish_assignment(&tx, booking).await?;
             tx.commit().await?;
-            return Ok(AssignOutcome::NotPending);
+            return Ok(Attempt::NotPending);
         }
         let policy = self.policy_of(&tx, b.restaurant_id).await?;
         let party = PartySize::new(b.party_size as u16)
@@ -107,14 +108,14 @@ impl HoldsService {
             Ok(sel) => sel,
             // Every table busy now: one may free up (a release, an expiry, a cancellation), so
             // this is worth retrying. "No table fits" at all (party too large, closed) is hard.
-            Err(HoldsError::Conflict { code, .. }) => return Ok(AssignOutcome::Failed(AssignFailure::Transient(code))),
-            Err(HoldsError::Rejected(r)) => return Ok(AssignOutcome::Failed(AssignFailure::Hard(r.code()))),
-            Err(HoldsError::Invalid { .. }) => return Ok(AssignOutcome::Failed(AssignFailure::Hard("invalid_start"))),
+            Err(HoldsError::Conflict { code, .. }) => return Ok(Attempt::Failed(AssignFailure::Transient(code))),
+            Err(HoldsError::Rejected(r)) => return Ok(Attempt::Failed(AssignFailure::Hard(r.code()))),
+            Err(HoldsError::Invalid { .. }) => return Ok(Attempt::Failed(AssignFailure::Hard("invalid_start"))),
             Err(e) => return Err(e),
         };
         confirm_with(&tx, booking, &sel, policy.reminder_lead()).await?;
         tx.commit().await?;
-        Ok(AssignOutcome::Confirmed)
+        Ok(Attempt::Confirmed)
     }
 
     /// Retry later, or give up: the job is exhausted and ops get one notice (same transaction).
@@ -123,12 +124,13 @@ impl HoldsService {
         booking: BookingId,
         attempts: i32,
         f: AssignFailure,
-    ) -> Result<(), HoldsError> {
+    ) -> Result<AfterFailure, HoldsError> {
         let mut c = self.pool.get().await?;
         let tx = c.transaction().await?;
-        let Some(b) = store::lock_booking(&tx, booking).await? else { return Ok(()) };
+        let Some(b) = store::lock_booking(&tx, booking).await? else { return Ok(AfterFailure::GiveUp) };
         let now = Utc::now();
-        match after_failure(attempts.max(0) as u32, f, now, b.starts_at) {
+        let next = after_failure(attempts.max(0) as u32, f, now, b.starts_at);
+        match next {
             AfterFailure::RetryAt(at) => {
                 store::record_attempt(&tx, booking, "pending", attempts, Some(at), Some(f.code())).await?;
             }
@@ -140,7 +142,7 @@ impl HoldsService {
             }
         }
         tx.commit().await?;
-        Ok(())
+        Ok(next)
     }
 }
 
