@@ -113,7 +113,7 @@ impl HoldsService {
             Err(HoldsError::Invalid { .. }) => return Ok(Attempt::Failed(AssignFailure::Hard("invalid_start"))),
             Err(e) => return Err(e),
         };
-        confirm_with(&tx, booking, &sel, policy.reminder_lead()).await?;
+        confirm_with(&tx, &b, &sel, policy.reminder_lead()).await?;
         tx.commit().await?;
         Ok(Attempt::Confirmed)
     }
@@ -146,20 +146,18 @@ impl HoldsService {
     }
 }
 
-/// Claim the selection's tables for the booking and confirm it, with its emails.
+/// Claim the selection's tables for the (locked) booking and confirm it, with its emails.
 async fn confirm_with(
     tx: &Transaction<'_>,
-    booking: BookingId,
+    b: &store::BookingRow,
     sel: &Selection,
     reminder_lead: chrono::Duration,
 ) -> Result<(), DbFault> {
-    let restaurant = store::lock_booking(tx, booking).await?.map(|b| b.restaurant_id);
-    let Some(restaurant) = restaurant else { return Err(DbFault::Other("booking vanished".into())) };
     store::lock_tables(tx, &sel.table_ids).await?;
     store::prune_expired(tx, &sel.table_ids, &sel.blocked).await?;
-    store::insert_booking_claims(tx, restaurant, &sel.table_ids, &sel.blocked, booking).await?;
+    store::insert_booking_claims(tx, b.restaurant_id, &sel.table_ids, &sel.blocked, b.id).await?;
     let party = sel.party.get() as i16;
-    let revision = store::set_booking(tx, booking, BookingStatus::Confirmed, party, &sel.seated, false).await?;
-    store::finish_assignment(tx, booking).await?;
-    enqueue_confirmation(tx, booking, EmailType::BookingConfirmed, revision, sel.seated.start(), reminder_lead).await
+    let revision = store::set_booking(tx, b.id, BookingStatus::Confirmed, party, &sel.seated, false).await?;
+    store::finish_assignment(tx, b.id).await?;
+    enqueue_confirmation(tx, b.id, EmailType::BookingConfirmed, revision, sel.seated.start(), reminder_lead).await
 }
