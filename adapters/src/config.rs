@@ -5,6 +5,7 @@
 
 use holdfast_shared::flags::Environment;
 use std::env;
+use std::path::PathBuf;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -18,10 +19,13 @@ pub enum ConfigError {
 /// Where the database is and how to authenticate.
 #[derive(Clone)]
 pub enum DatabaseSource {
-    /// A full connection URL (local runs, tests, CI jobs such as migrations).
+    /// A full connection URL (local runs, tests, CI jobs such as migrations). libpq's
+    /// `sslmode` (`disable`, `prefer`, `require`, `verify-ca`, `verify-full`) and `sslrootcert`
+    /// are understood; without `sslmode`, TLS is preferred in dev and required elsewhere.
     Url(String),
     /// In AWS: RDS Proxy host + database name; the credentials come from a Secrets Manager
-    /// secret read through SSM's `/aws/reference/secretsmanager/` bridge at cold start.
+    /// secret read through SSM's `/aws/reference/secretsmanager/` bridge at cold start, and again
+    /// after an authentication failure (rotation). Always over verified TLS.
     Secret { host: String, port: u16, dbname: String, secret_arn: String },
 }
 
@@ -38,7 +42,12 @@ impl std::fmt::Debug for DatabaseSource {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub environment: Environment,
+    /// The runtime role: what every function connects as (`DATABASE_URL` or the secret).
     pub database: DatabaseSource,
+    /// PEM file of the CA certificates PostgreSQL's server certificate must chain to
+    /// (`HOLDFAST_PG_CA_FILE`); unset, Mozilla's roots (enough for RDS Proxy). A URL's
+    /// `sslrootcert` takes precedence.
+    pub db_ca_file: Option<PathBuf>,
     pub db_pool_size: usize,
     pub ssm_prefix: String,
     pub email_queue_url: Option<String>,
@@ -54,6 +63,47 @@ pub struct Config {
     pub email_ops_address: Option<String>,
 }
 
+fn environment(get_nonempty: impl Fn(&str) -> Option<String>) -> Result<Environment, ConfigError> {
+    let env_name = get_nonempty("HOLDFAST_ENV").ok_or(ConfigError::Missing("HOLDFAST_ENV"))?;
+    Environment::parse(&env_name).ok_or_else(|| ConfigError::Invalid {
+        name: "HOLDFAST_ENV",
+        reason: format!("expected dev, staging or prod, got {env_name:?}"),
+    })
+}
+
+/// What migrations need, and nothing a function has: the schema owner's URL
+/// (`HOLDFAST_OWNER_DATABASE_URL`) and the TLS defaults (`HOLDFAST_ENV`, `HOLDFAST_PG_CA_FILE`).
+/// Operator tooling only (`holdfast migrate`, `holdfast local`).
+#[derive(Clone)]
+pub struct OwnerConfig {
+    pub environment: Environment,
+    pub url: String,
+    pub db_ca_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for OwnerConfig {
+    // The URL carries the owner's password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "OwnerConfig {{ environment: {}, url: <redacted> }}", self.environment.as_str())
+    }
+}
+
+impl OwnerConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| env::var(k).ok())
+    }
+
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get_nonempty = |k: &str| get(k).filter(|v| !v.trim().is_empty());
+        Ok(Self {
+            environment: environment(get_nonempty)?,
+            url: get_nonempty("HOLDFAST_OWNER_DATABASE_URL")
+                .ok_or(ConfigError::Missing("HOLDFAST_OWNER_DATABASE_URL (migrations run as the schema owner)"))?,
+            db_ca_file: get_nonempty("HOLDFAST_PG_CA_FILE").map(PathBuf::from),
+        })
+    }
+}
+
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|k| env::var(k).ok())
@@ -62,11 +112,7 @@ impl Config {
     /// Testable core: `get` is the variable lookup.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let get_nonempty = |k: &str| get(k).filter(|v| !v.trim().is_empty());
-        let env_name = get_nonempty("HOLDFAST_ENV").ok_or(ConfigError::Missing("HOLDFAST_ENV"))?;
-        let environment = Environment::parse(&env_name).ok_or_else(|| ConfigError::Invalid {
-            name: "HOLDFAST_ENV",
-            reason: format!("expected dev, staging or prod, got {env_name:?}"),
-        })?;
+        let environment = environment(get_nonempty)?;
 
         let database = if let Some(url) = get_nonempty("DATABASE_URL") {
             DatabaseSource::Url(url)
@@ -104,6 +150,7 @@ impl Config {
         Ok(Self {
             environment,
             database,
+            db_ca_file: get_nonempty("HOLDFAST_PG_CA_FILE").map(PathBuf::from),
             db_pool_size,
             ssm_prefix,
             email_queue_url: get_nonempty("EMAIL_QUEUE_URL"),
@@ -159,6 +206,17 @@ mod tests {
         assert!(matches!(c.database, DatabaseSource::Secret { port: 5432, .. }));
         let u = cfg(&[("HOLDFAST_ENV", "dev"), ("DATABASE_URL", "postgres://u:hunter2@h/db")]).expect("valid");
         assert!(!format!("{u:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn the_owner_config_needs_only_its_url_and_never_shows_it() {
+        let vars = [("HOLDFAST_ENV", "prod"), ("HOLDFAST_OWNER_DATABASE_URL", "postgres://o:swordfish@h/db")];
+        let m: HashMap<&str, &str> = vars.into_iter().collect();
+        let o = OwnerConfig::from_lookup(|k| m.get(k).map(|v| v.to_string())).expect("valid without DATABASE_URL");
+        assert_eq!(o.environment, Environment::Prod);
+        assert!(!format!("{o:?}").contains("swordfish"));
+        let none = OwnerConfig::from_lookup(|k| (k == "HOLDFAST_ENV").then(|| "dev".to_string()));
+        assert!(matches!(none, Err(ConfigError::Missing(_))));
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! allow-listed context (see `holdfast_shared::events`) can reach it, so guest PII cannot.
 
 use crate::db::DbFault;
-use deadpool_postgres::{GenericClient, Pool};
+use crate::sql::Sql;
+use deadpool_postgres::Pool;
 use holdfast_shared::events::ObservabilityEvent;
 
 const INSERT: &str =
@@ -34,9 +35,9 @@ impl EventRecorder {
 }
 
 /// Record inside the caller's transaction (for events that must commit with the change).
-pub async fn record_with<C: GenericClient>(client: &C, ev: &ObservabilityEvent) -> Result<(), DbFault> {
+pub async fn record_with<C: Sql>(client: &C, ev: &ObservabilityEvent) -> Result<(), DbFault> {
     client
-        .execute(
+        .run(
             INSERT,
             &[
                 &ev.source.as_str(),
@@ -53,7 +54,7 @@ pub async fn record_with<C: GenericClient>(client: &C, ev: &ObservabilityEvent) 
 
 /// Record many events in one round trip (the email sender records a batch's outcomes at once).
 /// Same columns, same typed and sanitised context as [`record_with`].
-pub async fn record_batch<C: GenericClient>(client: &C, evs: &[ObservabilityEvent]) -> Result<(), DbFault> {
+pub async fn record_batch<C: Sql>(client: &C, evs: &[ObservabilityEvent]) -> Result<(), DbFault> {
     if evs.is_empty() {
         return Ok(());
     }
@@ -64,7 +65,7 @@ pub async fn record_batch<C: GenericClient>(client: &C, evs: &[ObservabilityEven
     let bookings: Vec<Option<uuid::Uuid>> = evs.iter().map(|e| e.booking_id.map(|b| b.as_uuid())).collect();
     let contexts: Vec<serde_json::Value> = evs.iter().map(|e| e.context_json()).collect();
     client
-        .execute(
+        .run(
             "INSERT INTO observability_events (source, event_type, severity, restaurant_id, booking_id, context)
              SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[], $5::uuid[], $6::jsonb[])",
             &[&sources, &types, &severities, &restaurants, &bookings, &contexts],

@@ -7,7 +7,9 @@
 //!
 //! A contradictory set read from SSM (an out-of-band edit: the flag approver refuses such
 //! changes) is served as read, logged as a warning on every refresh, and recorded once per
-//! change as a `flags.contradiction` event when the loader has a recorder.
+//! change (per container) as a `flags.contradiction` event: the `FlagContradictions` alarm's
+//! source. A deployed function's loader is built with [`FlagLoader::new`], which takes the
+//! recorder, so none can forget it; [`FlagLoader::unrecorded`] is for benchmarks and tests.
 
 use crate::events::EventRecorder;
 use holdfast_shared::events::{EventContext, EventType, ObservabilityEvent, Operation, Outcome, Source};
@@ -90,27 +92,39 @@ pub struct FlagLoader {
     prefix: String,
     ttl: Duration,
     cache: Mutex<Option<Cache>>,
+    /// `None` only for [`FlagLoader::unrecorded`].
     recorder: Option<(EventRecorder, Source)>,
     ssm_calls: AtomicU64,
 }
 
 impl FlagLoader {
-    pub fn new(ssm: aws_sdk_ssm::Client, env: Environment, prefix: impl Into<String>, ttl: Duration) -> Self {
-        Self {
-            ssm,
-            env,
-            prefix: prefix.into(),
-            ttl,
-            cache: Mutex::new(None),
-            recorder: None,
-            ssm_calls: AtomicU64::new(0),
-        }
+    /// The loader of a deployed function: a contradictory set read from SSM is recorded through
+    /// `recorder` as a `flags.contradiction` event from `source` (metric `FlagContradictions`).
+    pub fn new(
+        ssm: aws_sdk_ssm::Client,
+        env: Environment,
+        prefix: impl Into<String>,
+        ttl: Duration,
+        recorder: EventRecorder,
+        source: Source,
+    ) -> Self {
+        Self::build(ssm, env, prefix.into(), ttl, Some((recorder, source)))
     }
 
-    /// Record `flags.contradiction` events (as `source`) when a contradictory set is read.
-    pub fn with_recorder(mut self, recorder: EventRecorder, source: Source) -> Self {
-        self.recorder = Some((recorder, source));
-        self
+    /// A loader that records no events, for benchmarks and tests that do not look at them.
+    /// Never for a deployed function: its contradictions would reach no alarm.
+    pub fn unrecorded(ssm: aws_sdk_ssm::Client, env: Environment, prefix: impl Into<String>, ttl: Duration) -> Self {
+        Self::build(ssm, env, prefix.into(), ttl, None)
+    }
+
+    fn build(
+        ssm: aws_sdk_ssm::Client,
+        env: Environment,
+        prefix: String,
+        ttl: Duration,
+        recorder: Option<(EventRecorder, Source)>,
+    ) -> Self {
+        Self { ssm, env, prefix, ttl, cache: Mutex::new(None), recorder, ssm_calls: AtomicU64::new(0) }
     }
 
     pub fn environment(&self) -> Environment {

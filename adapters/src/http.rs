@@ -2,6 +2,8 @@
 //! with errors that name the field, JSON problem responses, and the caller's identity from the
 //! API Gateway authorizer (never from the request body).
 
+use base64::Engine;
+use holdfast_shared::guest::{has_forbidden_char, HOSTILE_TEXT};
 use lambda_http::aws_lambda_events::apigw::{
     ApiGatewayRequestAuthorizer, ApiGatewayRequestAuthorizerJwtDescription, ApiGatewayV2httpRequest,
     ApiGatewayV2httpRequestContext, ApiGatewayV2httpRequestContextHttpDescription,
@@ -87,6 +89,8 @@ pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response<Bod
     resp
 }
 
+/// The body as the client sent it: `lambda_http` has already decoded a base64 body
+/// (`isBase64Encoded: true`) into [`Body::Binary`], so this is byte-exact either way.
 pub fn body_bytes(req: &Request) -> &[u8] {
     match req.body() {
         Body::Empty => &[],
@@ -97,36 +101,99 @@ pub fn body_bytes(req: &Request) -> &[u8] {
 }
 
 /// Parse a JSON body into `T` (which should `deny_unknown_fields`). Errors name the field:
-/// 413 too large, 400 malformed JSON, 422 missing/unknown/ill-typed field.
+/// 413 too large, 400 not UTF-8 or malformed JSON (field `body`), 422 a string anywhere in the
+/// document holding a hostile character (`guest::forbidden_char`; field: where it is), 422
+/// missing/unknown/ill-typed field.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     if bytes.len() > MAX_BODY_BYTES {
         return Err(Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
             format!("body exceeds {MAX_BODY_BYTES} bytes"),
-        ));
+        )
+        .field("body"));
+    }
+    // JSON is UTF-8 (RFC 8259 §8.1). Said up front, not left to serde's "invalid unicode code
+    // point", which only notices bad bytes inside a string.
+    if std::str::from_utf8(bytes).is_err() {
+        return Err(malformed("the body is not UTF-8 text"));
     }
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
-        return Err(Problem::new(StatusCode::BAD_REQUEST, "malformed_json", "a JSON body is required"));
+        return Err(malformed("a JSON body is required"));
+    }
+    // Every string of the document, whatever type it is bound for: a hostile character is
+    // refused here, naming where it is, before any field parser (or PostgreSQL, which cannot
+    // store a NUL) sees it. Field parsers may be stricter (a name is one line).
+    let doc: Value = serde_json::from_slice(bytes).map_err(|e| malformed(format!("malformed JSON: {e}")))?;
+    if let Some(field) = hostile_text(&doc, "") {
+        return Err(Problem::validation(field, HOSTILE_TEXT));
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if inner.is_syntax() || inner.is_eof() {
-            return Problem::new(StatusCode::BAD_REQUEST, "malformed_json", format!("malformed JSON: {inner}"));
+            return malformed(format!("malformed JSON: {inner}"));
         }
         let msg = inner.to_string();
-        // serde reports a missing field at its parent's path; an unknown one at its own path.
+        // serde reports a missing (or repeated) field at its parent's path; an unknown one at
+        // its own path.
+        let at_parent = msg.starts_with("missing field") || msg.starts_with("duplicate field");
         let field = match backticked(&msg) {
-            Some(f) if msg.starts_with("missing field") && path != "." => format!("{path}.{f}"),
-            Some(f) if path == "." && (msg.starts_with("missing field") || msg.starts_with("unknown field")) => {
-                f.to_string()
-            }
+            Some(f) if at_parent && path != "." => format!("{path}.{f}"),
+            Some(f) if path == "." && (at_parent || msg.starts_with("unknown field")) => f.to_string(),
             _ => path,
         };
         Problem::validation(field, without_input(&msg))
     })
+}
+
+/// [`parse_json`] for a body that may be omitted: empty (or blank) means `T::default()`.
+pub fn parse_optional_json<T: DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, Problem> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    parse_json(bytes)
+}
+
+fn malformed(message: impl Into<String>) -> Problem {
+    Problem::new(StatusCode::BAD_REQUEST, "malformed_json", message).field("body")
+}
+
+/// The path (serde_path_to_error's form: `guest.name`, `changes[0].value`) of the first string
+/// holding a [`holdfast_shared::guest::forbidden_char`] (newlines and tabs allowed: notes and
+/// reasons span lines), or of the object whose key holds one (`body` at the top). The value
+/// itself is never returned: it may be guest PII.
+fn hostile_text(v: &Value, at: &str) -> Option<String> {
+    let here = || if at.is_empty() { "body".to_string() } else { at.to_string() };
+    match v {
+        Value::String(s) => has_forbidden_char(s, true).then(here),
+        Value::Array(items) => items.iter().enumerate().find_map(|(i, item)| hostile_text(item, &format!("{at}[{i}]"))),
+        Value::Object(map) => map.iter().find_map(|(key, item)| {
+            if has_forbidden_char(key, false) {
+                return Some(here());
+            }
+            hostile_text(item, &if at.is_empty() { key.clone() } else { format!("{at}.{key}") })
+        }),
+        _ => None,
+    }
+}
+
+/// A query-string parameter (as `lambda_http` decoded it: `%00` is a NUL by now), refused
+/// with a 422 naming it when any parameter of the request holds a hostile character
+/// (`guest::forbidden_char`; one with such a name is refused as `query`). Every route that
+/// reads the query string reads it through here.
+pub fn query_param<'r>(req: &'r Request, name: &str) -> Result<Option<&'r str>, Problem> {
+    let Some(params) = req.query_string_parameters_ref() else { return Ok(None) };
+    for (key, value) in params.iter() {
+        if has_forbidden_char(key, false) {
+            return Err(Problem::validation("query", "parameter names must be plain text"));
+        }
+        if has_forbidden_char(value, false) {
+            return Err(Problem::validation(key, HOSTILE_TEXT));
+        }
+    }
+    Ok(params.first(name))
 }
 
 /// serde's message without the caller's input: "invalid type: string \"Ada <ada@…>\", expected
@@ -183,16 +250,20 @@ pub fn request_id(req: &Request) -> Option<String> {
 /// `sub` becomes the JWT authorizer's claims (what `caller` and `identity::caller` read): the
 /// dev-token form `<subject>[;groups=<g1>,<g2>…]` gives `sub=<subject>` and, when groups are
 /// given, `groups=[<g1> <g2>]` — the way API Gateway flattens an array claim such as
-/// `cognito:groups`. `None` leaves the authorizer out, as for a route without one. Headers are lower-cased by `HeaderMap`; a header
-/// sent more than once is folded into one comma-separated value, as API Gateway does for
-/// payload v2 (the event carries one value per name). The body is passed as text
-/// (`isBase64Encoded: false`): these APIs take JSON, not binary media types.
+/// `cognito:groups`. `None` leaves the authorizer out, as for a route without one. Headers are
+/// lower-cased by `HeaderMap`; a header sent more than once is folded into one comma-separated
+/// value, as API Gateway does for payload v2 (the event carries one value per name); a value
+/// that is not ASCII travels as its UTF-8 text (the event is JSON: a value that is not UTF-8
+/// cannot be carried, and `lambda_request` refuses it). The body is byte-exact: text for a
+/// text media type ([`is_text_media_type`]) holding UTF-8, otherwise base64 with
+/// `isBase64Encoded: true` (binary media types, a missing content type, or bytes that are not
+/// UTF-8), which `lambda_http` decodes back into the same bytes.
 pub fn apigw_v2_http_request(
     method: Method,
     path: &str,
     query: &str,
     headers: &HeaderMap,
-    body: &str,
+    body: impl AsRef<[u8]>,
     sub: Option<&str>,
 ) -> ApiGatewayV2httpRequest {
     let now = chrono::Utc::now();
@@ -239,9 +310,38 @@ pub fn apigw_v2_http_request(
     event.raw_query_string = Some(query.to_string());
     event.headers = fold_repeated_headers(headers);
     event.request_context = ctx;
-    event.body = Some(body.to_string());
-    event.is_base64_encoded = false;
+    let (body, is_base64_encoded) = event_body(headers, body.as_ref());
+    event.body = body;
+    event.is_base64_encoded = is_base64_encoded;
     event
+}
+
+/// Whether API Gateway (HTTP API, payload 2.0) hands a body of this `Content-Type` to Lambda as
+/// text. AWS documents only that a binary content type's body is base64-encoded, not which
+/// types are binary; the split observed against AWS (reported with ministackorg/ministack PR
+/// 766) is: text for `text/*`, `application/json`, `application/xml` and
+/// `application/javascript` (parameters such as `charset` aside), binary for everything else,
+/// a missing content type and `application/x-www-form-urlencoded` included. See
+/// docs/testing.md, "Hostile input".
+pub fn is_text_media_type(content_type: Option<&str>) -> bool {
+    let Some(ct) = content_type else { return false };
+    let essence = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    essence.starts_with("text/")
+        || matches!(essence.as_str(), "application/json" | "application/xml" | "application/javascript")
+}
+
+/// The event's `body` and `isBase64Encoded` for the bytes a client sent: none for an empty
+/// body, text for UTF-8 under a text media type, base64 for anything else (the JSON event
+/// cannot carry bytes that are not UTF-8 as text, and replacing them would change the request).
+fn event_body(headers: &HeaderMap, body: &[u8]) -> (Option<String>, bool) {
+    if body.is_empty() {
+        return (None, false);
+    }
+    let text_type = is_text_media_type(headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()));
+    match std::str::from_utf8(body) {
+        Ok(text) if text_type => (Some(text.to_owned()), false),
+        _ => (Some(base64::engine::general_purpose::STANDARD.encode(body)), true),
+    }
 }
 
 /// One value per header name, repeated values joined with `,` (API Gateway payload v2). The
@@ -269,7 +369,11 @@ fn fold_repeated_headers(headers: &HeaderMap) -> HeaderMap {
 /// JSON also proves the typed event serializes into something `lambda_http` accepts.
 pub fn lambda_request(event: &ApiGatewayV2httpRequest) -> Result<Request, InvalidEvent> {
     let payload = serde_json::to_string(event).map_err(|e| InvalidEvent(format!("serialize: {e}")))?;
-    lambda_http::request::from_str(&payload).map_err(|e| InvalidEvent(format!("lambda_http refused it: {e}")))
+    // lambda_http unwraps its URL parse (a host or scheme header that is not one panics): an
+    // error here, not a dead connection in the local gateway.
+    std::panic::catch_unwind(|| lambda_http::request::from_str(&payload))
+        .map_err(|_| InvalidEvent("lambda_http panicked on it".into()))?
+        .map_err(|e| InvalidEvent(format!("lambda_http refused it: {e}")))
 }
 
 /// A request that cannot be expressed as an API Gateway v2 event (bad method or header, or an
@@ -286,7 +390,7 @@ pub fn apigw_v2_event(
     path: &str,
     query: &str,
     headers: &[(String, String)],
-    body: &str,
+    body: impl AsRef<[u8]>,
     sub: Option<&str>,
 ) -> Value {
     typed_event(method, path, query, headers, body, sub)
@@ -299,7 +403,7 @@ fn typed_event(
     path: &str,
     query: &str,
     headers: &[(String, String)],
-    body: &str,
+    body: impl AsRef<[u8]>,
     sub: Option<&str>,
 ) -> Result<ApiGatewayV2httpRequest, InvalidEvent> {
     let method = Method::from_bytes(method.as_bytes()).map_err(|e| InvalidEvent(format!("method: {e}")))?;
@@ -412,9 +516,14 @@ mod tests {
         let p = parse_json::<Body1>(br#"{"party_size":2,"inner":{}}"#).expect_err("nested");
         assert_eq!(p.field.as_deref(), Some("inner.name"));
         let p = parse_json::<Body1>(br#"{"party_size":"#).expect_err("syntax");
-        assert_eq!((p.status.as_u16(), p.code), (400, "malformed_json"));
+        assert_eq!((p.status.as_u16(), p.code, p.field.as_deref()), (400, "malformed_json", Some("body")));
         let big = vec![b' '; MAX_BODY_BYTES + 1];
-        assert_eq!(parse_json::<Body1>(&big).expect_err("big").status.as_u16(), 413);
+        let p = parse_json::<Body1>(&big).expect_err("big");
+        assert_eq!((p.status.as_u16(), p.field.as_deref()), (413, Some("body")));
+        let p = parse_json::<Body1>(br#"{"party_size":2,"party_size":3}"#).expect_err("duplicate");
+        assert_eq!(p.field.as_deref(), Some("party_size"));
+        let p = parse_json::<Body1>(br#"{"party_size":2,"inner":{"name":"a","name":"b"}}"#).expect_err("duplicate");
+        assert_eq!(p.field.as_deref(), Some("inner.name"));
         assert!(parse_json::<Body1>(br#"{"party_size":2}"#).is_ok());
     }
 
@@ -430,6 +539,87 @@ mod tests {
             let rendered = String::from_utf8(body_bytes_of(&p.into_response()).to_vec()).expect("utf8");
             assert!(!rendered.contains("Ada") && !rendered.contains("ada@"), "{rendered}");
             assert!(rendered.contains("expected"), "the schema half stays: {rendered}");
+        }
+    }
+
+    #[test]
+    fn the_event_carries_the_body_byte_exact_as_api_gateway_does() {
+        let json_ct = hdrs(&[("content-type", "application/json; charset=utf-8")]);
+        let cases: [(&HeaderMap, &[u8], bool); 6] = [
+            (&json_ct, br#"{"name":"Ada"}"#, false),
+            (&json_ct, b"{\"name\":\"Ada\xff\"}", true),
+            (&hdrs(&[("content-type", "application/octet-stream")]), b"\x00\x01", true),
+            (&hdrs(&[("content-type", "application/x-www-form-urlencoded")]), b"a=1", true),
+            (&HeaderMap::new(), b"{}", true),
+            (&hdrs(&[("content-type", "text/plain")]), "clé".as_bytes(), false),
+        ];
+        for (headers, body, base64) in cases {
+            let event = apigw_v2_http_request(Method::POST, "/holds", "", headers, body, Some("ada"));
+            assert_eq!(event.is_base64_encoded, base64, "{body:?}");
+            let req = lambda_request(&event).expect("lambda_http accepts it");
+            assert_eq!(body_bytes(&req), body, "lambda_http hands the function the bytes that were sent");
+        }
+        let empty = apigw_v2_http_request(Method::GET, "/holds", "", &json_ct, "", Some("ada"));
+        assert_eq!((empty.body, empty.is_base64_encoded), (None, false));
+        assert!(is_text_media_type(Some("TEXT/html")) && is_text_media_type(Some("application/xml")));
+        assert!(!is_text_media_type(Some("application/vnd.api+json")) && !is_text_media_type(None));
+    }
+
+    #[test]
+    fn utf8_headers_pass_as_sent_and_others_cannot_be_carried() {
+        let utf8 = hdrs(&[("idempotency-key", "clé")]);
+        let req = lambda_request(&apigw_v2_http_request(Method::POST, "/holds", "", &utf8, "", Some("ada")))
+            .expect("a UTF-8 header fits the event");
+        assert_eq!(req.headers().get("idempotency-key").map(|v| v.as_bytes()), Some("clé".as_bytes()));
+        let mut latin1 = HeaderMap::new();
+        latin1.insert("idempotency-key", HeaderValue::from_bytes(b"cl\xe9").expect("obs-text"));
+        let event = apigw_v2_http_request(Method::POST, "/holds", "", &latin1, "", Some("ada"));
+        assert!(lambda_request(&event).is_err(), "JSON cannot carry it: the caller must refuse it");
+    }
+
+    #[test]
+    fn hostile_text_anywhere_in_a_body_is_refused_naming_where() {
+        let cases = [
+            (r#"{"party_size":2,"inner":{"name":"Ada\u0000"}}"#, "inner.name"),
+            (r#"{"party_size":2,"inner":{"name":"Ada\u001b[31m"}}"#, "inner.name"),
+            ("{\"party_size\":2,\"inner\":{\"name\":\"Ada\u{202E}\"}}", "inner.name"),
+            (r#"{"list":[{"x":"ok"},{"x":"\u2066"}]}"#, "list[1].x"),
+            (r#"{"na\u0007me":1}"#, "body"),
+            (r#""\u0000""#, "body"),
+        ];
+        for (body, field) in cases {
+            let p = parse_json::<Value>(body.as_bytes()).expect_err(body);
+            assert_eq!(
+                (p.status.as_u16(), p.code, p.field.as_deref()),
+                (422, "validation_failed", Some(field)),
+                "{body}"
+            );
+            assert!(!p.message.contains("Ada"));
+        }
+        // Lines are the field parsers' business (notes may span them, names may not).
+        assert!(parse_json::<Value>(br#"{"notes":"a\nb\tc"}"#).is_ok());
+        let p = parse_json::<Value>(b"{\"name\":\"Ada\xff\"}").expect_err("not UTF-8");
+        assert_eq!((p.status.as_u16(), p.field.as_deref()), (400, Some("body")));
+        let p = parse_json::<Value>(b"\xef\xbb\xbf{}").expect_err("a byte-order mark is not JSON");
+        assert_eq!((p.status.as_u16(), p.field.as_deref()), (400, Some("body")));
+    }
+
+    #[test]
+    fn query_parameters_are_refused_when_hostile_naming_the_parameter() {
+        let get = |query: &str| {
+            let event = apigw_v2_http_request(Method::GET, "/flags/audit", query, &HeaderMap::new(), "", Some("o"));
+            lambda_request(&event).expect("request")
+        };
+        assert_eq!(
+            query_param(&get("flag=holds.ttlSeconds&limit=5"), "flag").expect("plain"),
+            Some("holds.ttlSeconds")
+        );
+        assert_eq!(query_param(&get(""), "flag").expect("none"), None);
+        for (query, field) in
+            [("flag=%00", "flag"), ("limit=5&x=a%1Bb", "x"), ("flag=%E2%80%AE", "flag"), ("a%00=1", "query")]
+        {
+            let p = query_param(&get(query), "flag").expect_err(query);
+            assert_eq!((p.status.as_u16(), p.field.as_deref()), (422, Some(field)), "{query}");
         }
     }
 

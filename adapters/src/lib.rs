@@ -9,5 +9,7 @@ pub mod flags;
 pub mod http;
 pub mod identity;
 pub mod outbox;
+pub mod routes;
 pub mod secrets;
+pub mod sql;
 pub mod telemetry;

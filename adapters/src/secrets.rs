@@ -1,5 +1,7 @@
 //! Secrets read from SSM: a SecureString parameter (or a Secrets Manager secret through SSM's
-//! [`secrets_manager_reference`] path), decrypted, read once per container and never printed.
+//! [`secrets_manager_reference`] path), decrypted, never printed. An [`SsmSecret`] is read once
+//! per container; a [`RotatingSecret`] (the database credentials) is re-read when the value in
+//! hand is proved stale, so a rotation needs no restart.
 
 use std::sync::Arc;
 use tokio::sync::OnceCell;
@@ -35,7 +37,8 @@ impl std::fmt::Display for ApiKey {
 /// Why a secret could not be read. Never carries the value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SecretError {
-    /// The SSM call failed; the SDK's error context (it names the parameter, not its value).
+    /// The SSM call failed (the SDK's error context: it names the parameter, not its value), or
+    /// the value is not what its reader expects (a description of the shape, never the value).
     #[error("{0}")]
     Unreadable(String),
     /// The parameter has no value, or only whitespace.
@@ -70,6 +73,58 @@ impl SsmSecret {
     /// The value (surrounding whitespace trimmed), read from SSM on the first call only.
     pub async fn get(&self) -> Result<&ApiKey, SecretError> {
         self.value.get_or_try_init(|| read(&self.ssm, &self.name)).await
+    }
+}
+
+/// A secret that rotates (the database credentials), parsed into a `T`: read at cold start,
+/// kept, and re-read only when a caller proves the value in hand stale (an authentication
+/// failure). Each read bumps a generation, so however many connections notice one rotation at
+/// once, SSM is read once: the others find a newer generation than the one that failed them.
+/// A value that fails to read or parse is never kept: the last good one stays.
+pub struct RotatingSecret<T> {
+    ssm: aws_sdk_ssm::Client,
+    name: String,
+    parse: fn(&ApiKey) -> Result<T, SecretError>,
+    current: tokio::sync::Mutex<(u64, Arc<T>)>,
+}
+
+impl<T> std::fmt::Debug for RotatingSecret<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RotatingSecret").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl<T> RotatingSecret<T> {
+    /// Read and parse the secret now (cold start); fails when it cannot be read or parsed.
+    pub async fn load(
+        ssm: aws_sdk_ssm::Client,
+        name: impl Into<String>,
+        parse: fn(&ApiKey) -> Result<T, SecretError>,
+    ) -> Result<Self, SecretError> {
+        let name = name.into();
+        let value = parse(&read(&ssm, &name).await?)?;
+        Ok(Self { ssm, name, parse, current: tokio::sync::Mutex::new((1, Arc::new(value))) })
+    }
+
+    /// The parameter's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The value in hand and its generation.
+    pub async fn current(&self) -> (u64, Arc<T>) {
+        self.current.lock().await.clone()
+    }
+
+    /// The value to use after generation `stale` failed: re-read from SSM, unless another
+    /// caller already did since (then its newer value, without a read).
+    pub async fn refresh(&self, stale: u64) -> Result<(u64, Arc<T>), SecretError> {
+        let mut current = self.current.lock().await;
+        if current.0 == stale {
+            let value = (self.parse)(&read(&self.ssm, &self.name).await?)?;
+            *current = (stale + 1, Arc::new(value));
+        }
+        Ok(current.clone())
     }
 }
 

@@ -9,6 +9,7 @@ use email_sender::provider::SinkProvider;
 use email_sender::sqs as q;
 use email_sender::store::{ClaimRequest, Finish, SendStore};
 use futures::StreamExt;
+use holdfast_adapters::sql::Sql;
 use holdfast_shared::email::{EmailJob, EmailType};
 use holdfast_shared::events::{EventType, ObservabilityEvent, Source};
 use holdfast_shared::ids::BookingId;
@@ -128,7 +129,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 async fn fresh_jobs(pool: &deadpool_postgres::Pool, restaurant: Uuid, n: usize) -> Res<Vec<EmailJob>> {
     let ids: Vec<Uuid> = (0..n).map(|_| Uuid::new_v4()).collect();
     let c = pool.get().await?;
-    c.execute(
+    c.run(
         "INSERT INTO bookings (id, restaurant_id, status, party_size, starts_at, ends_at, guest_name, guest_email)
          SELECT id, $2, 'confirmed', 2, '2030-01-07 19:00Z', '2030-01-07 21:00Z', 'Bench Guest', 'guest@example.com'
          FROM unnest($1::uuid[]) AS id",
@@ -158,19 +159,9 @@ fn event_for(jobs: &[EmailJob]) -> SqsEvent {
 }
 
 async fn bench(jobs: usize, batch: usize, concurrency: usize, runs: usize) -> Res {
-    let base: tokio_postgres::Config = std::env::var("DATABASE_URL")?.parse()?;
-    {
-        let admin = holdfast_adapters::db::pool_from_pg_config(base.clone(), 1)?;
-        let c = admin.get().await?;
-        c.batch_execute(&format!("DROP DATABASE IF EXISTS {BENCH_DB}")).await?;
-        c.batch_execute(&format!("CREATE DATABASE {BENCH_DB}")).await?;
-    }
-    let mut pg = base.clone();
-    pg.dbname(BENCH_DB);
-    let pool = holdfast_adapters::db::pool_from_pg_config(pg, concurrency + 2)?;
-    holdfast_adapters::db::migrate(&pool).await?;
+    let pool = crate::local::scratch_database(BENCH_DB, concurrency + 2).await?.pool;
     let restaurant = Uuid::new_v4();
-    pool.get().await?.execute("INSERT INTO restaurants (id, name) VALUES ($1, 'Bench Bistro')", &[&restaurant]).await?;
+    pool.get().await?.run("INSERT INTO restaurants (id, name) VALUES ($1, 'Bench Bistro')", &[&restaurant]).await?;
 
     let sdk = holdfast_adapters::aws::sdk_config().await;
     let sink = Arc::new(SinkProvider::default());

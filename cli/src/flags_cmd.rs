@@ -213,12 +213,13 @@ async fn bench(iterations: u32, runs: usize) -> Res {
             .send()
             .await?;
     }
-    let loader = FlagLoader::new(client.clone(), Environment::Prod, prefix.clone(), Duration::from_secs(3600));
+    let loader = FlagLoader::unrecorded(client.clone(), Environment::Prod, prefix.clone(), Duration::from_secs(3600));
 
     // Baseline: uncached reads (a fresh loader each time, so every get goes to SSM).
     let mut cold_ms = Vec::new();
     for _ in 0..runs {
-        let fresh = FlagLoader::new(client.clone(), Environment::Prod, prefix.clone(), Duration::from_secs(3600));
+        let fresh =
+            FlagLoader::unrecorded(client.clone(), Environment::Prod, prefix.clone(), Duration::from_secs(3600));
         let t = Instant::now();
         let snap = fresh.get().await;
         cold_ms.push(t.elapsed().as_secs_f64() * 1e3);
@@ -312,15 +313,7 @@ async fn drill_call(
 
 /// See [`FlagsCmd::KillSwitchDrill`].
 async fn kill_switch_drill(runs: usize) -> Res {
-    let base = std::env::var("DATABASE_URL")?;
-    let admin = holdfast_adapters::db::pool_from_url(&base, 1)?;
-    {
-        let c = admin.get().await?;
-        c.batch_execute(&format!("DROP DATABASE IF EXISTS {DRILL_DB}")).await?;
-        c.batch_execute(&format!("CREATE DATABASE {DRILL_DB}")).await?;
-    }
-    let pool = holdfast_adapters::db::pool_from_url(&holdfast_adapters::db::replace_dbname(&base, DRILL_DB), 4)?;
-    holdfast_adapters::db::migrate(&pool).await?;
+    let pool = crate::local::scratch_database(DRILL_DB, 4).await?.pool;
     let sdk = holdfast_adapters::aws::sdk_config().await;
     let client = aws_sdk_ssm::Client::new(&sdk);
     let ops = "olga;groups=holdfast-ops";
@@ -335,7 +328,7 @@ async fn kill_switch_drill(runs: usize) -> Res {
         let svc = flag_approver::FlagApprover::new(pool.clone(), SsmFlags::new(client.clone(), root.clone())?);
         let prefix = format!("{root}/prod");
         // A warm holds-API container that has just refreshed its flags: the longest wait.
-        let holds = FlagLoader::new(client.clone(), Environment::Prod, prefix.clone(), holds_api::FLAG_TTL);
+        let holds = FlagLoader::unrecorded(client.clone(), Environment::Prod, prefix.clone(), holds_api::FLAG_TTL);
         if !holds.get().await.set.strict_conflicts() {
             return Err("strict conflicts should start on".into());
         }

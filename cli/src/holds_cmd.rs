@@ -14,7 +14,8 @@ pub enum HoldsCmd {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Benchmark hold throughput through the handler vs pgbench running the same SQL.
+    /// Benchmark hold throughput through the handler vs pgbench running the same SQL and the
+    /// bare claim insert; `--instances N`: N Lambda-like instances (pool of 1) via the pooler.
     Bench {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
@@ -22,6 +23,54 @@ pub enum HoldsCmd {
         clients: usize,
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Simulated Lambda instances, each its own service with a pool of one connection.
+        #[arg(long)]
+        instances: Option<usize>,
+        /// With --instances: through the pooler, directly, or both.
+        #[arg(long, value_enum, default_value = "both")]
+        via: crate::holds_bench::Via,
+        /// The runtime role's URL through PgBouncer (set by scripts/services.sh).
+        #[arg(long, env = "HOLDFAST_PGBOUNCER_URL")]
+        pooler_url: Option<String>,
+        /// PgBouncer's admin console URL (default: the pooler URL, database `pgbouncer`).
+        #[arg(long, env = "HOLDFAST_PGBOUNCER_ADMIN_URL")]
+        pooler_admin_url: Option<String>,
+    },
+    /// Publish N benchmark restaurants (the demo floor plan, tables of their own; idempotent)
+    /// for `holds rush --restaurants N`.
+    SeedRestaurants {
+        #[arg(long, default_value_t = 50)]
+        count: usize,
+        /// Floor plan: the demo's 8 tables × this.
+        #[arg(long, default_value_t = 1)]
+        table_groups: usize,
+    },
+    /// Reservation drop: N guests within a second for one restaurant's next days, quote → hold
+    /// → confirm through a holds API, and the same flows at a low concurrency, in one run.
+    Drop {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        #[arg(long, default_value = "dev:drop")]
+        token: String,
+        #[arg(long, default_value_t = 5000)]
+        guests: usize,
+        /// The guests arrive evenly within this many milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        within_ms: u64,
+        #[arg(long, default_value_t = 100)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 10)]
+        baseline_concurrency: usize,
+        #[arg(long, default_value_t = 30)]
+        days: usize,
+        /// Half-hour start times per evening (from 17:00 UTC).
+        #[arg(long, default_value_t = 7)]
+        slots: usize,
+        /// Floor plan: the demo's 8 tables × this.
+        #[arg(long, default_value_t = 1)]
+        table_groups: usize,
+        #[arg(long, default_value_t = 2)]
+        party: u16,
     },
     /// Drive N concurrent guest flows against a holds API and summarise: quote → hold →
     /// confirm (`--mode hold`), or booking requests with auto-assign (`--mode request`).
@@ -37,6 +86,10 @@ pub enum HoldsCmd {
         token: String,
         #[arg(long, default_value = crate::local::DEMO_RESTAURANT)]
         restaurant: String,
+        /// Spread the flows over the N restaurants `holds seed-restaurants` made (instead of
+        /// --restaurant).
+        #[arg(long)]
+        restaurants: Option<usize>,
         #[arg(long, default_value_t = 1000)]
         flows: usize,
         #[arg(long, default_value_t = 64)]
@@ -44,6 +97,9 @@ pub enum HoldsCmd {
         /// Distinct half-hour start times competed for (fewer = more conflicts).
         #[arg(long, default_value_t = 8)]
         slots: usize,
+        /// Consecutive days the flows spread over (from --start).
+        #[arg(long, default_value_t = 1)]
+        days: usize,
         #[arg(long, default_value_t = 2)]
         party: u16,
         /// First start time (RFC 3339); defaults to 19:00 UTC a week from today.
@@ -85,17 +141,62 @@ pub async fn run(cmd: HoldsCmd) -> Res {
             );
             Ok(())
         }
-        HoldsCmd::Bench { seconds, clients, rounds } => {
-            crate::holds_bench::run(crate::holds_bench::BenchArgs { seconds, clients, rounds }).await
+        HoldsCmd::Bench { seconds, clients, rounds, instances, via, pooler_url, pooler_admin_url } => {
+            let args = crate::holds_bench::BenchArgs {
+                seconds,
+                clients,
+                rounds,
+                instances,
+                via,
+                pooler_url,
+                pooler_admin_url,
+            };
+            crate::holds_bench::run(args).await
+        }
+        HoldsCmd::SeedRestaurants { count, table_groups } => {
+            let pool = crate::local::pool(&Config::from_env()?).await?;
+            let ids = crate::bench_seed::seed(&pool, count, table_groups).await?;
+            let first = ids.first().map(ToString::to_string).unwrap_or_default();
+            let last = ids.last().map(ToString::to_string).unwrap_or_default();
+            println!("seeded {} restaurants ({} tables each): {first} … {last}", ids.len(), 8 * table_groups.max(1));
+            Ok(())
+        }
+        HoldsCmd::Drop {
+            url,
+            token,
+            guests,
+            within_ms,
+            concurrency,
+            baseline_concurrency,
+            days,
+            slots,
+            table_groups,
+            party,
+        } => {
+            crate::drop_bench::run(crate::drop_bench::DropArgs {
+                base_url: url.trim_end_matches('/').to_string(),
+                token,
+                guests,
+                within: std::time::Duration::from_millis(within_ms),
+                concurrency,
+                baseline_concurrency,
+                days,
+                slots,
+                table_groups,
+                party,
+            })
+            .await
         }
         HoldsCmd::Rush {
             mode,
             url,
             token,
             restaurant,
+            restaurants,
             flows,
             concurrency,
             slots,
+            days,
             party,
             start,
             settle_seconds,
@@ -122,12 +223,17 @@ pub async fn run(cmd: HoldsCmd) -> Res {
                 mode,
                 base_url: url.trim_end_matches('/').to_string(),
                 token,
-                restaurant,
+                restaurants: match restaurants {
+                    Some(n) => (0..n).map(|k| crate::bench_seed::seeded_restaurant(k).to_string()).collect(),
+                    None => vec![restaurant],
+                },
                 flows,
                 concurrency,
                 slots,
+                days,
                 party,
                 start,
+                arrival: None,
                 wait: std::time::Duration::from_secs(wait_seconds),
                 poll_every: std::time::Duration::from_secs(poll_seconds.max(1)),
                 cancel_every,
@@ -184,6 +290,9 @@ pub async fn run(cmd: HoldsCmd) -> Res {
                 RushMode::Hold => {
                     let (p50, p95, p99) = s.hold_latency_ms;
                     println!("  hold latency ms  p50 {p50:.1}  p95 {p95:.1}  p99 {p99:.1}");
+                    let ((q50, _, q99), (c50, _, c99)) = (s.quote_latency_ms, s.confirm_latency_ms);
+                    println!("  quote ms  p50 {q50:.1}  p99 {q99:.1}; confirm ms  p50 {c50:.1}  p99 {c99:.1}");
+                    println!("  throughput {:.0} requests/s ({} answered)", s.throughput(), s.answered);
                     let (p50, p95, p99) = s.all_latency_ms;
                     println!("  all requests ms  p50 {p50:.1}  p95 {p95:.1}  p99 {p99:.1}");
                 }

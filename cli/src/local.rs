@@ -13,10 +13,66 @@ use std::sync::Arc;
 /// The demo restaurant's fixed id (its tables come from `BookingPolicy::demo`).
 pub const DEMO_RESTAURANT: &str = "5d2c1f3e-0000-4000-8000-00000000d3e0";
 
+/// The runtime role's pool (`DATABASE_URL`, or the secret): what the functions connect as.
 pub async fn pool(cfg: &Config) -> Result<Pool, Box<dyn std::error::Error + Send + Sync>> {
     let sdk = holdfast_adapters::aws::sdk_config().await;
     let ssm = aws_sdk_ssm::Client::new(&sdk);
     Ok(holdfast_adapters::db::pool_from_config(cfg, &ssm).await?)
+}
+
+/// Apply pending migrations as the schema owner (`HOLDFAST_OWNER_DATABASE_URL`); the runtime
+/// role's settings are not needed.
+pub async fn migrate() -> Res<usize> {
+    let cfg = holdfast_adapters::config::OwnerConfig::from_env()?;
+    let owner = holdfast_adapters::db::owner_pool_from_config(&cfg, 1)?;
+    Ok(holdfast_adapters::db::migrate(&owner).await?)
+}
+
+/// A throwaway database for a bench or a drill, used the way the functions use theirs.
+pub struct Scratch {
+    /// The runtime role's URL and pool (the code under measurement runs as it), straight to
+    /// PostgreSQL (`HOLDFAST_DIRECT_DATABASE_URL`).
+    pub url: String,
+    pub pool: Pool,
+    /// The schema owner's pool, for setup the runtime role may not do (DDL, TRUNCATE).
+    pub owner: Pool,
+}
+
+/// (Re)create database `name` as the schema owner and migrate it; see [`Scratch`].
+pub async fn scratch_database(name: &str, size: usize) -> Res<Scratch> {
+    use holdfast_adapters::db::{pool_from_url, replace_dbname, DbSetupError};
+    let owner_base = std::env::var("HOLDFAST_OWNER_DATABASE_URL").map_err(|_| DbSetupError::NoOwner)?;
+    {
+        let creator = pool_from_url(&owner_base, 1)?;
+        let c = creator.get().await?;
+        // PgBouncer keeps idle server connections to the last run's database for its
+        // server_idle_timeout (10 s locally), and the owner may not end the runtime role's
+        // sessions (DROP … WITH (FORCE)): wait for them to close.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match c.batch_execute(&format!("DROP DATABASE IF EXISTS {name}")).await {
+                Err(e)
+                    if e.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE)
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await
+                }
+                other => break other?,
+            }
+        }
+        c.batch_execute(&format!("CREATE DATABASE {name}")).await?;
+    }
+    let owner = pool_from_url(&replace_dbname(&owner_base, name), 2)?;
+    holdfast_adapters::db::migrate(&owner).await?;
+    // Straight to PostgreSQL (the pgbench baselines prepare named statements, which transaction
+    // pooling does not carry); a bench that measures the pooler asks for it (`--via pooler`).
+    let runtime = std::env::var("HOLDFAST_DIRECT_DATABASE_URL")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| std::env::var("DATABASE_URL"), Ok)?;
+    let url = replace_dbname(&runtime, name);
+    let pool = pool_from_url(&url, size)?;
+    Ok(Scratch { url, pool, owner })
 }
 
 pub async fn seed_demo(pool: &Pool) -> Res {
@@ -28,9 +84,9 @@ pub async fn seed_demo(pool: &Pool) -> Res {
 
 pub async fn run(listen: std::net::SocketAddr) -> Res {
     let cfg = Config::from_env()?;
-    let pool = pool(&cfg).await?;
-    let n = holdfast_adapters::db::migrate(&pool).await?;
+    let n = migrate().await?;
     println!("migrated ({n} new)");
+    let pool = pool(&cfg).await?;
     seed_demo(&pool).await?;
     // Email: queue + DLQ on the emulator, SQS-shaped polling of the sender, relay tick every 5 s.
     let (email_q, _email_task) =
@@ -77,7 +133,7 @@ pub async fn run(listen: std::net::SocketAddr) -> Res {
         "  metrics         aggregator ticks every 20 s; CloudWatch on the emulator, namespace {}",
         cfg.metrics_namespace
     );
-    println!("  services        PostgreSQL and the AWS emulator: DATABASE_URL / AWS_ENDPOINT_URL in .local/env");
+    println!("  services        PostgreSQL (TLS; runtime role DATABASE_URL through PgBouncer, owner HOLDFAST_OWNER_DATABASE_URL direct) and the AWS emulator (AWS_ENDPOINT_URL), in .local/env");
     // The demo policy's booking horizon is the default (15 min .. 180 days ahead): a week out.
     let example = (chrono::Utc::now() + chrono::Duration::days(7)).format("%Y-%m-%dT19:00:00Z");
     println!("try:");

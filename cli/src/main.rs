@@ -1,5 +1,7 @@
 //! `holdfast`: operator and developer commands.
 
+mod bench_seed;
+mod drop_bench;
 mod email_cmd;
 mod flags_cmd;
 mod gateway;
@@ -7,8 +9,12 @@ mod holds_bench;
 mod holds_cmd;
 mod init_bench;
 mod local;
+mod maintenance_cmd;
 mod metrics_cmd;
 mod rush;
+// Also compiled into cli/tests/runbook_read_only.rs, which runs the read-only blocks.
+#[allow(dead_code)]
+mod runbook_commands;
 
 use clap::{Parser, Subcommand};
 use holdfast_adapters::config::Config;
@@ -22,7 +28,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Apply pending database migrations (idempotent).
+    /// Apply pending database migrations (idempotent), as the schema owner
+    /// (HOLDFAST_OWNER_DATABASE_URL).
     Migrate,
     /// Create or update the demo restaurant and its booking policy.
     SeedDemo,
@@ -57,6 +64,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: metrics_cmd::MetricsCmd,
     },
+    /// Retention: run the hourly maintenance by hand, its status, the growth benchmark.
+    Maintenance {
+        #[command(subcommand)]
+        cmd: maintenance_cmd::MaintenanceCmd,
+    },
 }
 
 type Res<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -67,9 +79,7 @@ async fn main() -> Res {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Migrate => {
-            let cfg = Config::from_env()?;
-            let pool = local::pool(&cfg).await?;
-            let n = holdfast_adapters::db::migrate(&pool).await?;
+            let n = local::migrate().await?;
             println!("migrations applied: {n} (known: {})", holdfast_adapters::db::known_migrations().join(", "));
             Ok(())
         }
@@ -86,5 +96,61 @@ async fn main() -> Res {
         Cmd::Flags { cmd } => flags_cmd::run(cmd).await,
         Cmd::Email { cmd } => email_cmd::run(cmd).await,
         Cmd::Metrics { cmd } => metrics_cmd::run(cmd).await,
+        Cmd::Maintenance { cmd } => maintenance_cmd::run(cmd).await,
+    }
+}
+
+#[cfg(test)]
+mod runbook_command_tests {
+    use super::Cli;
+    use crate::runbook_commands::{quoted_commands, words, DOCUMENTS};
+    use clap::error::ErrorKind;
+    use clap::Parser;
+
+    fn root() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("cli/ has a parent").to_path_buf()
+    }
+
+    /// `None` when the CLI accepts the command's shape; otherwise why not.
+    fn problem(text: &str) -> Option<String> {
+        let (args, has_placeholder) = words(text);
+        let argv = std::iter::once("holdfast".to_owned()).chain(args);
+        match Cli::try_parse_from(argv) {
+            Ok(_) => None,
+            Err(e) => match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => None,
+                // A quoted command may leave out what the reader fills in.
+                ErrorKind::MissingRequiredArgument | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => None,
+                ErrorKind::InvalidValue | ErrorKind::ValueValidation if has_placeholder => None,
+                _ => Some(e.to_string().lines().next().unwrap_or_default().to_owned()),
+            },
+        }
+    }
+
+    #[test]
+    fn every_documented_command_exists_in_the_cli() {
+        let mut problems = Vec::new();
+        let mut found = 0;
+        for doc in DOCUMENTS {
+            let text = std::fs::read_to_string(root().join(doc)).unwrap_or_else(|e| panic!("{doc}: {e}"));
+            for q in quoted_commands(&text) {
+                found += 1;
+                if let Some(p) = problem(&q.text) {
+                    problems.push(format!("{doc}:{}: `holdfast {}`: {p}", q.line, q.text));
+                }
+            }
+        }
+        assert!(found >= 10, "only {found} commands found: the extractor lost track of the documents");
+        assert!(problems.is_empty(), "runbook commands the CLI does not have:\n{}", problems.join("\n"));
+    }
+
+    #[test]
+    fn a_missing_command_or_flag_is_caught() {
+        // The command an old runbook named (it is `holds backfill-metadata`).
+        assert!(problem("holds backfill-hold-metadata --dry-run").is_some());
+        assert!(problem("email dlq inspect --dlq-url $EMAIL_DLQ_URL --maximum 20").is_some());
+        assert!(problem("email dlq redrive --mode teleport").is_some(), "a wrong literal value is a finding");
+        assert_eq!(problem("email dlq inspect --dlq-url $EMAIL_DLQ_URL --max 20"), None);
+        assert_eq!(problem("flags audit [--flag F] [--environment E] [--limit N] [--json]"), None);
     }
 }

@@ -4,6 +4,7 @@ use crate::Res;
 use chrono::{DateTime, Duration, Utc};
 use clap::Subcommand;
 use holdfast_adapters::config::Config;
+use holdfast_adapters::sql::Sql;
 use holdfast_shared::alerts::{backtest_all, load_series, rule};
 use std::sync::Arc;
 use std::time::Instant;
@@ -126,25 +127,15 @@ fn median(xs: &mut [f64]) -> f64 {
 
 async fn bench(sizes: &[i64], rounds: usize, minutes: i64, database: &str) -> Res {
     let cfg = Config::from_env()?;
-    let base = match &cfg.database {
-        holdfast_adapters::config::DatabaseSource::Url(u) => u.clone(),
-        _ => return Err("metrics bench needs DATABASE_URL (a local database)".into()),
-    };
     if !database.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
         return Err("--database must be [a-z0-9_]".into());
     }
-    let admin = holdfast_adapters::db::pool_from_url(&base, 1)?;
-    {
-        let c = admin.get().await?;
-        c.batch_execute(&format!("DROP DATABASE IF EXISTS {database}")).await?;
-        c.batch_execute(&format!("CREATE DATABASE {database}")).await?;
-    }
-    let url = holdfast_adapters::db::replace_dbname(&base, database);
-    let pool = holdfast_adapters::db::pool_from_url(&url, 4)?;
-    holdfast_adapters::db::migrate(&pool).await?;
+    // The aggregator runs as the runtime role; generating and resetting the events (TRUNCATE,
+    // VACUUM) is the owner's.
+    let crate::local::Scratch { pool, owner, .. } = crate::local::scratch_database(database, 4).await?;
 
     let sdk = holdfast_adapters::aws::sdk_config().await;
-    let flags = Arc::new(holdfast_adapters::flags::FlagLoader::new(
+    let flags = Arc::new(holdfast_adapters::flags::FlagLoader::unrecorded(
         aws_sdk_ssm::Client::new(&sdk),
         cfg.environment,
         cfg.ssm_prefix.clone(),
@@ -164,17 +155,17 @@ async fn bench(sizes: &[i64], rounds: usize, minutes: i64, database: &str) -> Re
         "{:>9} {:>10} {:>10} {:>10} {:>9} {:>11} {:>9}",
         "events", "run ms", "scan ms", "server ms", "run/scan", "run/server", "µs/event"
     );
-    let c = pool.get().await?;
+    let c = owner.get().await?;
     for &n in sizes {
         c.batch_execute("TRUNCATE observability_events RESTART IDENTITY").await?;
-        let now: DateTime<Utc> = c.query_one("SELECT now()", &[]).await?.get(0);
+        let now: DateTime<Utc> = c.fetch_one("SELECT now()", &[]).await?.get(0);
         // Events end 5 minutes ago, so every window is closed (grace 120 s).
         let start =
             holdfast_shared::metrics::window_start_of(now - Duration::minutes(minutes + 5), Duration::minutes(1));
         let end = start + Duration::minutes(minutes);
         let span_ms = (minutes * 60_000) as f64;
         let t = Instant::now();
-        c.execute(GENERATE, &[&start, &span_ms, &(n as f64), &n]).await?;
+        c.run(GENERATE, &[&start, &span_ms, &(n as f64), &n]).await?;
         c.batch_execute("VACUUM (ANALYZE) observability_events").await?;
         eprintln!("  generated {n} events in {:.1} s", t.elapsed().as_secs_f64());
 
@@ -245,8 +236,10 @@ async fn scan(
 ) -> Result<f64, Box<dyn std::error::Error + Send + Sync>> {
     use futures::StreamExt;
     let t = Instant::now();
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&start, &end];
-    let stream = c.query_raw(SCAN, params.iter().copied()).await?;
+    // Streamed (a million rows), as the unnamed statement like every other read.
+    use tokio_postgres::types::{ToSql, Type};
+    let params: [(&(dyn ToSql + Sync), Type); 2] = [(&start, Type::TIMESTAMPTZ), (&end, Type::TIMESTAMPTZ)];
+    let stream = c.query_typed_raw(SCAN, params).await?;
     let mut stream = std::pin::pin!(stream);
     let mut rows = 0i64;
     while let Some(r) = stream.next().await {
@@ -268,7 +261,7 @@ async fn server_scan(
 ) -> Result<f64, Box<dyn std::error::Error + Send + Sync>> {
     // The same plan executed inside PostgreSQL (heap and jsonb read, no output or transfer).
     let sql = format!("EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) {SCAN}");
-    let plan: serde_json::Value = c.query_one(&sql, &[&start, &end]).await?.get(0);
+    let plan: serde_json::Value = c.fetch_one(&sql, &[&start, &end]).await?.get(0);
     let rows = plan[0]["Plan"]["Actual Rows"].as_f64().unwrap_or_default() as i64;
     if rows != n {
         return Err(format!("server scan counted {rows} rows, expected {n}").into());

@@ -5,8 +5,12 @@
 //! alternative). `request`: each flow is one `POST /bookings` (the pending request and its
 //! inline auto-assign attempt); a request answered `requested` is then polled with
 //! `GET /bookings/{id}` until the auto-assign job confirms it or the wait runs out.
+//!
+//! Flows can spread over several restaurants (`holds seed-restaurants`) and days, and arrive
+//! open-loop within a window (the reservation drop, `crate::drop_bench`).
 
 use crate::Res;
+use holdfast_adapters::sql::Sql;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,13 +29,19 @@ pub struct RushArgs {
     pub mode: RushMode,
     pub base_url: String,
     pub token: String,
-    pub restaurant: String,
+    /// Flow `i` books at `restaurants[i % len]` (one or many restaurants).
+    pub restaurants: Vec<String>,
     pub flows: usize,
     pub concurrency: usize,
-    /// Distinct start times the flows compete for (fewer = more contention).
+    /// Distinct half-hour start times per day the flows compete for (fewer = more contention).
     pub slots: usize,
+    /// Consecutive days the flows spread over (a reservation drop opens a month at once).
+    pub days: usize,
     pub party: u16,
     pub start: chrono::DateTime<chrono::Utc>,
+    /// Open-loop arrivals: flow `i` starts no earlier than `i / flows` of this after the start
+    /// (e.g. 5 000 guests within one second); `None` = as fast as the workers go.
+    pub arrival: Option<Duration>,
     /// Request mode: how long a guest keeps polling a `requested` booking.
     pub wait: Duration,
     /// Request mode: the pause between two polls.
@@ -53,6 +63,8 @@ enum Then {
 
 #[derive(Default)]
 struct FlowResult {
+    /// HTTP requests that got an answer (quote, hold attempts, confirm).
+    answered: usize,
     quote_ms: Option<f64>,
     hold_ms: Option<f64>,
     confirm_ms: Option<f64>,
@@ -110,8 +122,16 @@ async fn get(
     Ok((status, resp.json().await.unwrap_or(serde_json::Value::Null)))
 }
 
-fn slot_start(a: &RushArgs, i: usize) -> chrono::DateTime<chrono::Utc> {
-    a.start + chrono::Duration::minutes(30 * (i % a.slots.max(1)) as i64)
+/// Flow `i`'s restaurant and start: restaurants in turn, then (within a restaurant) days in
+/// turn, then the half-hour slots of the evening.
+fn flow_target(a: &RushArgs, i: usize) -> (&str, chrono::DateTime<chrono::Utc>) {
+    let n = a.restaurants.len().max(1);
+    let j = i / n;
+    let (days, slots) = (a.days.max(1), a.slots.max(1));
+    let start = a.start
+        + chrono::Duration::days((j % days) as i64)
+        + chrono::Duration::minutes(30 * ((j / days) % slots) as i64);
+    (a.restaurants.get(i % n).map_or("", String::as_str), start)
 }
 
 /// Synthetic guest: reserved .invalid domain, no real person.
@@ -121,17 +141,18 @@ fn guest(i: usize) -> serde_json::Value {
 
 async fn hold_flow(client: &reqwest::Client, a: &RushArgs, i: usize) -> FlowResult {
     let mut r = FlowResult::default();
-    let start = slot_start(a, i);
+    let (restaurant, start) = flow_target(a, i);
     let q = post(
         client,
         a,
         i,
-        &format!("/restaurants/{}/quotes", a.restaurant),
+        &format!("/restaurants/{restaurant}/quotes"),
         serde_json::json!({"party_size": a.party, "start": start}),
     )
     .await;
     let tables = match q {
         Ok((s, v, ms)) => {
+            r.answered += 1;
             r.quote_ms = Some(ms);
             if s >= 500 {
                 r.server_errors += 1;
@@ -148,12 +169,13 @@ async fn hold_flow(client: &reqwest::Client, a: &RushArgs, i: usize) -> FlowResu
         }
     };
     let mut body =
-        serde_json::json!({"restaurant_id": a.restaurant, "party_size": a.party, "start": start, "table_ids": tables});
+        serde_json::json!({"restaurant_id": restaurant, "party_size": a.party, "start": start, "table_ids": tables});
     let mut hold_id = None;
     // One try as quoted, then (on 409) one try with the first alternative the API offered.
     for attempt in 0..2 {
         match post(client, a, i, "/holds", body.clone()).await {
             Ok((s, v, ms)) => {
+                r.answered += 1;
                 if s >= 500 {
                     r.server_errors += 1;
                 }
@@ -182,6 +204,7 @@ async fn hold_flow(client: &reqwest::Client, a: &RushArgs, i: usize) -> FlowResu
     let Some(hold_id) = hold_id else { return r };
     match post(client, a, i, &format!("/holds/{hold_id}/confirm"), serde_json::json!({"guest": guest(i)})).await {
         Ok((s, _, ms)) => {
+            r.answered += 1;
             r.confirm_ms = Some(ms);
             r.confirmed = s == 200;
             if s >= 500 {
@@ -228,8 +251,9 @@ struct RequestResult {
 /// the answer is `requested` (to be polled).
 async fn request_post(client: &reqwest::Client, a: &RushArgs, i: usize, run_id: &str) -> (RequestResult, Then) {
     let mut r = RequestResult::default();
+    let (restaurant, start) = flow_target(a, i);
     let body = serde_json::json!({
-        "restaurant_id": a.restaurant, "party_size": a.party, "start": slot_start(a, i), "guest": guest(i),
+        "restaurant_id": restaurant, "party_size": a.party, "start": start, "guest": guest(i),
     });
     let t = Instant::now();
     let sent = client
@@ -365,9 +389,21 @@ pub struct RushSummary {
     pub server_errors: usize,
     pub transport_errors: usize,
     pub hold_latency_ms: (f64, f64, f64),
+    /// Hold mode, per request type: p50, p95, p99 (the hold's first attempt).
+    pub quote_latency_ms: (f64, f64, f64),
+    pub confirm_latency_ms: (f64, f64, f64),
     pub all_latency_ms: (f64, f64, f64),
+    /// Hold mode: HTTP requests answered (quotes, hold attempts, confirms).
+    pub answered: usize,
     pub requests: RequestFigures,
     pub elapsed: Duration,
+}
+
+impl RushSummary {
+    /// Answered requests per second over the whole run (hold mode).
+    pub fn throughput(&self) -> f64 {
+        self.answered as f64 / self.elapsed.as_secs_f64()
+    }
 }
 
 /// What one worker brings back: finished flows, and request flows still going on (polling a
@@ -398,6 +434,10 @@ pub async fn run(a: RushArgs) -> Result<RushSummary, Box<dyn std::error::Error +
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= a.flows {
                     break;
+                }
+                if let Some(window) = a.arrival {
+                    let at = started + window.mul_f64(i as f64 / a.flows as f64);
+                    tokio::time::sleep_until(at.into()).await;
                 }
                 match a.mode {
                     RushMode::Hold => out.holds.push(hold_flow(&client, &a, i).await),
@@ -474,9 +514,13 @@ pub async fn run(a: RushArgs) -> Result<RushSummary, Box<dyn std::error::Error +
     }
     let _ = progress.await;
     let elapsed = started.elapsed();
-    let mut hold: Vec<f64> = results.iter().filter_map(|r| r.hold_ms).collect();
+    let sorted = |f: fn(&FlowResult) -> Option<f64>| {
+        let mut v: Vec<f64> = results.iter().filter_map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    let (quote, hold, confirm) = (sorted(|r| r.quote_ms), sorted(|r| r.hold_ms), sorted(|r| r.confirm_ms));
     let mut all: Vec<f64> = results.iter().flat_map(|r| [r.quote_ms, r.hold_ms, r.confirm_ms]).flatten().collect();
-    hold.sort_by(f64::total_cmp);
     all.sort_by(f64::total_cmp);
     let p = |v: &[f64]| (percentile(v, 50.0), percentile(v, 95.0), percentile(v, 99.0));
     let req = request_figures(&requests);
@@ -497,7 +541,10 @@ pub async fn run(a: RushArgs) -> Result<RushSummary, Box<dyn std::error::Error +
         transport_errors: results.iter().map(|r| r.transport_errors).sum::<usize>()
             + requests.iter().map(|r| r.transport_errors).sum::<usize>(),
         hold_latency_ms: p(&hold),
+        quote_latency_ms: p(&quote),
+        confirm_latency_ms: p(&confirm),
         all_latency_ms: p(&all),
+        answered: results.iter().map(|r| r.answered).sum(),
         requests: req,
         elapsed,
     })
@@ -578,7 +625,7 @@ pub async fn database_figures(
 ) -> Res<DatabaseFigures> {
     let c = pool.get().await?;
     let row = c
-        .query_one(
+        .fetch_one(
             "SELECT
                (SELECT count(*) FROM table_claims a JOIN table_claims b
                   ON a.table_id = b.table_id AND a.id < b.id AND a.during && b.during
@@ -596,7 +643,7 @@ pub async fn database_figures(
         .await?;
     let mut by_type: BTreeMap<String, EmailTypeFigures> = BTreeMap::new();
     let sends = c
-        .query(
+        .fetch(
             "SELECT s.email_type, s.state, count(*) FROM email_sends s
                JOIN email_outbox o ON o.dedupe_key = s.dedupe_key
               WHERE o.created_at >= $1 GROUP BY 1, 2",
@@ -613,7 +660,7 @@ pub async fn database_figures(
         }
     }
     let outbox = c
-        .query(
+        .fetch(
             "SELECT email_type,
                     count(*) FILTER (WHERE published_at IS NOT NULL),
                     count(*) FILTER (WHERE published_at IS NULL AND dead_at IS NULL AND not_before <= now()),
@@ -630,7 +677,7 @@ pub async fn database_figures(
     // A skip leaves no email_sends row, only an `email.skipped` event (with the type and the
     // reason) about a job of this run; distinct per booking, so a redelivered skip counts once.
     let skips = c
-        .query(
+        .fetch(
             "SELECT coalesce(e.context->>'email_type', 'unknown'), coalesce(e.context->>'error_code', 'unknown'),
                     count(DISTINCT coalesce(e.booking_id::text, e.id::text))
                FROM observability_events e
@@ -651,7 +698,7 @@ pub async fn database_figures(
         by_type.entry(t).or_default().skipped.insert(reason, n);
     }
     let jobs =
-        c.query("SELECT state, count(*) FROM booking_assignments WHERE created_at >= $1 GROUP BY 1", &[&since]).await?;
+        c.fetch("SELECT state, count(*) FROM booking_assignments WHERE created_at >= $1 GROUP BY 1", &[&since]).await?;
     let assignment_jobs = jobs.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1))).collect();
     let settled = by_type.values().map(|f| f.sent + f.failed).sum::<i64>() + skipped_final;
     Ok(DatabaseFigures {
@@ -703,7 +750,7 @@ pub async fn settle(
 
 /// The database's clock: the start of a run, for "rows created since".
 pub async fn db_now(pool: &deadpool_postgres::Pool) -> Res<chrono::DateTime<chrono::Utc>> {
-    Ok(pool.get().await?.query_one("SELECT now()", &[]).await?.get(0))
+    Ok(pool.get().await?.fetch_one("SELECT now()", &[]).await?.get(0))
 }
 
 #[cfg(test)]
@@ -712,6 +759,44 @@ mod tests {
 
     fn ended(end: RequestEnd) -> RequestResult {
         RequestResult { request_ms: Some(10.0), end, ..RequestResult::default() }
+    }
+
+    fn args(restaurants: usize, days: usize, slots: usize) -> RushArgs {
+        RushArgs {
+            mode: RushMode::Hold,
+            base_url: String::new(),
+            token: String::new(),
+            restaurants: (0..restaurants).map(|k| format!("r{k}")).collect(),
+            flows: 0,
+            concurrency: 1,
+            slots,
+            days,
+            party: 2,
+            start: "2030-01-07T19:00:00Z".parse().expect("start"),
+            arrival: None,
+            wait: Duration::ZERO,
+            poll_every: Duration::from_secs(1),
+            cancel_every: 0,
+            cancel_after: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn flows_cover_every_restaurant_day_and_slot_evenly() {
+        use std::collections::BTreeSet;
+        // 50 restaurants × 8 slots (gcd 2): every restaurant still sees every slot.
+        let a = args(50, 1, 8);
+        let seen: BTreeSet<_> = (0..400).map(|i| flow_target(&a, i)).collect();
+        assert_eq!(seen.len(), 400);
+        let a = args(1, 30, 7);
+        let first: BTreeSet<_> = (0..210).map(|i| flow_target(&a, i).1).collect();
+        assert_eq!(first.len(), 210, "30 days × 7 slots, each once");
+        assert_eq!(flow_target(&a, 0).1, a.start);
+        assert_eq!(flow_target(&a, 1).1, a.start + chrono::Duration::days(1));
+        assert_eq!(flow_target(&a, 30).1, a.start + chrono::Duration::minutes(30));
+        // One restaurant, one day: the old slot rotation.
+        let a = args(1, 1, 8);
+        assert_eq!(flow_target(&a, 9).1, a.start + chrono::Duration::minutes(30));
     }
 
     #[test]

@@ -27,12 +27,16 @@ pub mod keys {
     pub const DLQ_DEPTH: &str = "DlqDepth";
     /// `OutboxLagSeconds` gauge.
     pub const OUTBOX_LAG_SECONDS: &str = "OutboxLagSeconds";
+    /// `OutboxDeadRows` gauge.
+    pub const OUTBOX_DEAD_ROWS: &str = "OutboxDeadRows";
     /// `MetadataRejects` counter.
     pub const METADATA_REJECTS: &str = "MetadataRejects";
     /// `PolicyDriftFailed` counter.
     pub const POLICY_DRIFT_FAILED: &str = "PolicyDriftFailed";
     /// `FlagContradictions` counter.
     pub const FLAG_CONTRADICTIONS: &str = "FlagContradictions";
+    /// `EmailsSuppressed` counter.
+    pub const EMAILS_SUPPRESSED: &str = "EmailsSuppressed";
     /// `ErrorsByCode` with `ErrorCode=strict_constraint_missing`.
     pub const STRICT_CONSTRAINT_MISSING: &str = "ErrorsByCode:strict_constraint_missing";
 }
@@ -45,9 +49,11 @@ pub const SERIES_KEYS: &[&str] = &[
     keys::LATENCY_P95_HOLD,
     keys::DLQ_DEPTH,
     keys::OUTBOX_LAG_SECONDS,
+    keys::OUTBOX_DEAD_ROWS,
     keys::METADATA_REJECTS,
     keys::POLICY_DRIFT_FAILED,
     keys::FLAG_CONTRADICTIONS,
+    keys::EMAILS_SUPPRESSED,
     keys::STRICT_CONSTRAINT_MISSING,
 ];
 
@@ -215,6 +221,21 @@ pub static ALERT_RULES: &[AlertRule] = &[
         minutes_to_clear: 5,
         volume_gate: None,
     },
+    // A dead row is a level, not a blip: it stays until someone revives or discards it, so
+    // the first minute that sees one is enough, and it clears once none is left.
+    AlertRule {
+        id: "outbox-dead-rows",
+        title: "Outbox rows the relay gave up on (emails that will not leave)",
+        severity: AlertSeverity::Ticket,
+        runbook: "docs/runbooks/email.md#outbox-dead-rows",
+        signal: Signal::Value { key: keys::OUTBOX_DEAD_ROWS },
+        fire_above: 0.0,
+        clear_at_or_below: 0.0,
+        datapoints_to_fire: 1,
+        evaluation_minutes: 1,
+        minutes_to_clear: 5,
+        volume_gate: None,
+    },
     AlertRule {
         id: "metadata-rejects-spike",
         title: "More than 10 metadata rejects in 15 minutes",
@@ -260,6 +281,21 @@ pub static ALERT_RULES: &[AlertRule] = &[
         severity: AlertSeverity::Ticket,
         runbook: "docs/runbooks/feature-flags.md#contradictions",
         signal: Signal::WindowSum { key: keys::FLAG_CONTRADICTIONS, minutes: 5 },
+        fire_above: 0.0,
+        clear_at_or_below: 0.0,
+        datapoints_to_fire: 1,
+        evaluation_minutes: 1,
+        minutes_to_clear: 30,
+        volume_gate: None,
+    },
+    // Every suppressed send is a guest who may have no email until someone checks SES: a
+    // person must look, so the first one opens a ticket (no page: nothing is getting worse).
+    AlertRule {
+        id: "email-suppressed",
+        title: "Emails suppressed after an ambiguous provider outcome",
+        severity: AlertSeverity::Ticket,
+        runbook: "docs/runbooks/email.md#suppressed-outcome-unknown",
+        signal: Signal::WindowSum { key: keys::EMAILS_SUPPRESSED, minutes: 5 },
         fire_above: 0.0,
         clear_at_or_below: 0.0,
         datapoints_to_fire: 1,
@@ -445,9 +481,11 @@ pub fn minute_sample_from_data(minute: DateTime<Utc>, data: &[MetricDatum]) -> M
             (DatumValue::Sum(v), names::ERRORS) if hold_confirm => add(keys::ERRORS_HOLD_CONFIRM, *v),
             (DatumValue::Sum(v), names::DLQ_DEPTH) => add(keys::DLQ_DEPTH, *v),
             (DatumValue::Sum(v), names::OUTBOX_LAG_SECONDS) => add(keys::OUTBOX_LAG_SECONDS, *v),
+            (DatumValue::Sum(v), names::OUTBOX_DEAD_ROWS) => add(keys::OUTBOX_DEAD_ROWS, *v),
             (DatumValue::Sum(v), names::METADATA_REJECTS) => add(keys::METADATA_REJECTS, *v),
             (DatumValue::Sum(v), names::POLICY_DRIFT_FAILED) => add(keys::POLICY_DRIFT_FAILED, *v),
             (DatumValue::Sum(v), names::FLAG_CONTRADICTIONS) => add(keys::FLAG_CONTRADICTIONS, *v),
+            (DatumValue::Sum(v), names::EMAILS_SUPPRESSED) => add(keys::EMAILS_SUPPRESSED, *v),
             (DatumValue::Sum(v), names::ERRORS_BY_CODE)
                 if d.dimension(dims::ERROR_CODE) == Some("strict_constraint_missing") =>
             {

@@ -6,6 +6,7 @@
 //! number, UUID). [`sanitize_context`] applies the same rules to arbitrary JSON, so anything
 //! read back from the table (old rows may carry PII) is cleaned before use.
 
+use crate::correlation::CorrelationId;
 use crate::ids::{BookingId, HoldId, RestaurantId};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
@@ -66,6 +67,8 @@ string_enum! {
         MetricsAggregator => "metrics-aggregator",
         FlagApprover => "flag-approver",
         Cli => "cli",
+        /// The scheduled retention step (functions/metrics-aggregator/src/bin/maintenance.rs).
+        Maintenance => "maintenance",
     }
 }
 
@@ -103,6 +106,12 @@ string_enum! {
         EmailDeadLettered => "email.dead_lettered",
         /// Not sent on purpose: cancelled booking or duplicate delivery.
         EmailSkipped => "email.skipped",
+        /// Not sent (again) because an attempt may have been delivered and the provider (SES)
+        /// cannot deduplicate a retry: an operator decides (docs/runbooks/email.md).
+        EmailSuppressed => "email.suppressed",
+        /// The outbox relay handed a job to SQS (one per outbox row published; carries the
+        /// row's correlation id, so a booking's trail shows the hop from outbox to queue).
+        EmailPublished => "email.published",
         FlagsContradiction => "flags.contradiction",
         FlagsChanged => "flags.changed",
         /// A kill switch was applied by one person alone (break-glass); a review is open.
@@ -110,8 +119,19 @@ string_enum! {
         /// A break-glass review is past its 24 h deadline unacknowledged (recorded by every
         /// review sweep while it stays so).
         FlagsReviewOverdue => "flags.review_overdue",
+        /// A prod flag change was reverted automatically: an SLO burn-rate alarm entered ALARM
+        /// during its bake window.
+        FlagsAutoReverted => "flags.auto_reverted",
+        /// A bake window's alarm fired but the revert was not written (the flag changed again
+        /// since, or the revert would break a contradiction rule): an operator decides.
+        FlagsAutoRevertRefused => "flags.auto_revert_refused",
         /// The cold-start check found the exclusion constraint missing.
         StrictVerifyFailed => "strict.verify.failed",
+        /// A maintenance run (retention: partitions, purges, expired claims) finished cleanly.
+        MaintenanceCompleted => "maintenance.completed",
+        /// A maintenance run had a failed step or left the event partitions unhealthy; the next
+        /// run retries (error_code: the first failed step, or `health`).
+        MaintenanceFailed => "maintenance.failed",
     }
 }
 
@@ -121,10 +141,20 @@ impl EventType {
         use EventType::*;
         match self {
             QuoteCompleted | HoldCreated | HoldConflict | HoldConflictShadow | HoldReleased | HoldConfirmed
-            | EmailSent | EmailSkipped | FlagsChanged => Severity::Info,
-            HoldMetadataRejected | PolicyDriftRecovered | EmailRetried | FlagsBreakGlass => Severity::Warning,
-            HoldFailed | PolicyDriftFailed | EmailFailed | EmailDeadLettered | FlagsContradiction
-            | StrictVerifyFailed | FlagsReviewOverdue => Severity::Error,
+            | EmailSent | EmailSkipped | EmailPublished | FlagsChanged | MaintenanceCompleted => Severity::Info,
+            HoldMetadataRejected | PolicyDriftRecovered | EmailRetried | FlagsBreakGlass | FlagsAutoReverted => {
+                Severity::Warning
+            }
+            HoldFailed
+            | PolicyDriftFailed
+            | EmailFailed
+            | EmailDeadLettered
+            | EmailSuppressed
+            | FlagsContradiction
+            | StrictVerifyFailed
+            | FlagsReviewOverdue
+            | FlagsAutoRevertRefused
+            | MaintenanceFailed => Severity::Error,
         }
     }
 }
@@ -289,6 +319,9 @@ pub struct EventContext {
     pub request_id: Option<Uuid>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rollout_percent: Option<u8>,
+    /// The booking's correlation id (docs/observability.md). Never a metric dimension.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<CorrelationId>,
 }
 
 /// The keys [`sanitize_context`] keeps; everything else is dropped.
@@ -307,6 +340,7 @@ pub const CONTEXT_KEYS: &[&str] = &[
     "hold_id",
     "request_id",
     "rollout_percent",
+    "correlation_id",
 ];
 
 fn get_str<'a>(m: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
@@ -351,6 +385,7 @@ impl EventContext {
             hold_id: get_uuid(m, "hold_id").map(HoldId),
             request_id: get_uuid(m, "request_id"),
             rollout_percent: get_uint(m, "rollout_percent", 0, 100).and_then(to_u8),
+            correlation_id: get_str(m, "correlation_id").and_then(|s| CorrelationId::parse(s).ok()),
         }
     }
 
@@ -423,6 +458,10 @@ impl EventContext {
     }
     pub fn rollout_percent(mut self, v: u8) -> Self {
         self.rollout_percent = Some(v.min(100));
+        self
+    }
+    pub fn correlation_id(mut self, v: Option<CorrelationId>) -> Self {
+        self.correlation_id = v;
         self
     }
 }
@@ -524,7 +563,7 @@ mod tests {
             assert_eq!(EventType::parse(t.as_str()), Some(*t));
             assert!(seen.insert(t.as_str()), "duplicate {t}");
         }
-        assert_eq!(EventType::ALL.len(), 20);
+        assert_eq!(EventType::ALL.len(), 26);
         assert_eq!(EventType::parse("hold.conflict.shadow"), Some(EventType::HoldConflictShadow));
         assert_eq!(EventType::parse("Hold.Created"), None);
         assert_eq!(Source::HoldsApi.as_str(), "holds-api");
@@ -568,7 +607,8 @@ mod tests {
             "duration_ms": 42, "attempt": 2, "max_attempts": 2, "strict_mode": "shadow",
             "policy_version": 7, "table_count": 2, "party_size": 6,
             "email_type": "confirmed", "hold_id": hold.to_string(),
-            "request_id": req.to_string(), "rollout_percent": 50
+            "request_id": req.to_string(), "rollout_percent": 50,
+            "correlation_id": "9b2f0c1e-6a4d-4f0e-8a57-2d0c5b1e7f33"
         });
         let out = sanitize_context(&raw);
         assert_eq!(Value::Object(out), raw);
@@ -604,6 +644,7 @@ mod tests {
             "rollout_percent": 7700900123u64,
             // uuid fields carrying PII
             "request_id": "jane.doe@example.com",
+            "correlation_id": "jane.doe@example.com",
             "hold_id": {"guest": "Jane Doe"}
         });
         let out = sanitize_context(&raw);

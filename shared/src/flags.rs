@@ -7,6 +7,7 @@
 //!
 //! Everything here is pure; the SSM loader and the flag-approver Lambda do the IO.
 
+mod bake;
 mod doc;
 mod registry;
 mod rules;
@@ -14,9 +15,11 @@ mod set;
 mod value;
 mod workflow;
 
+pub use bake::{bake_window, plan_revert, revert_trigger, FiringAlarm, RevertRefused, RevertWrite};
 pub use doc::{render_flag_set_report, render_registry_markdown};
 pub use registry::{
-    approvals_required, lookup, names, DefaultValue, Defaults, FlagDef, KillSwitch, SafetyClass, REGISTRY,
+    approvals_required, lookup, names, DefaultValue, Defaults, FlagDef, KillSwitch, SafetyClass, BAKE_MINUTES,
+    BAKE_MINUTES_CRITICAL, MAX_BAKE_MINUTES, NO_BAKE, REGISTRY,
 };
 pub use rules::{check, Rule, RuleViolation, Severity, RULES};
 pub use set::{FlagProblem, FlagSet, FlagSetError};

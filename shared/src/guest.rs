@@ -16,7 +16,7 @@ pub enum GuestTextError {
     Empty,
     #[error("must be at most {0} characters")]
     TooLong(usize),
-    #[error("must not contain control or bidirectional-override characters")]
+    #[error("{}", HOSTILE_TEXT)]
     ControlCharacter,
     #[error("must not contain links or web addresses")]
     Link,
@@ -24,12 +24,24 @@ pub enum GuestTextError {
     NotAPhoneNumber,
 }
 
-/// Control characters (other than `\n`/`\t` where lines are allowed) and the Unicode
+/// How a refusal of a [`forbidden_char`] reads, wherever it is refused.
+pub const HOSTILE_TEXT: &str = "must not contain control, bidirectional-override or replacement (U+FFFD) characters";
+
+/// Control characters (other than `\n`/`\t` where lines are allowed), the Unicode
 /// bidirectional embedding/override/isolate marks, which can make text read differently than it
-/// is (Trojan Source, CVE-2021-42574).
-fn forbidden_char(c: char, lines_allowed: bool) -> bool {
+/// is (Trojan Source, CVE-2021-42574), and U+FFFD, the mark of bytes that were not UTF-8 before
+/// something "repaired" them (a gateway that did would otherwise slip them past the check that
+/// refuses them as bytes). The one definition of a hostile character: every text
+/// field of every request is held to it (`holdfast_adapters::http::parse_json` for all JSON
+/// strings, the query and header parsers for the rest), and PostgreSQL cannot store the NUL.
+pub fn forbidden_char(c: char, lines_allowed: bool) -> bool {
     let bidi = matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}');
-    (c.is_control() && !(lines_allowed && (c == '\n' || c == '\t'))) || bidi
+    (c.is_control() && !(lines_allowed && (c == '\n' || c == '\t'))) || bidi || c == '\u{FFFD}'
+}
+
+/// Does `s` hold a [`forbidden_char`]?
+pub fn has_forbidden_char(s: &str, lines_allowed: bool) -> bool {
+    s.chars().any(|c| forbidden_char(c, lines_allowed))
 }
 
 /// Anything a mail client would turn into a link: a scheme, `www.`, or a bare domain with a
@@ -53,7 +65,7 @@ fn text(raw: &str, max: usize, lines_allowed: bool) -> Result<String, GuestTextE
     if s.chars().count() > max {
         return Err(GuestTextError::TooLong(max));
     }
-    if s.chars().any(|c| forbidden_char(c, lines_allowed)) {
+    if has_forbidden_char(s, lines_allowed) {
         return Err(GuestTextError::ControlCharacter);
     }
     if has_link(s) {
@@ -151,6 +163,21 @@ mod tests {
         assert_eq!(GuestNotes::parse(Some("call me at http://x.y")), Err(GuestTextError::Link));
         assert_eq!(GuestNotes::parse(Some("a\u{0}b")), Err(GuestTextError::ControlCharacter));
         assert_eq!(GuestNotes::parse(Some(&"n".repeat(1001))), Err(GuestTextError::TooLong(NOTES_MAX_CHARS)));
+    }
+
+    #[test]
+    fn every_hostile_character_is_forbidden_and_lines_only_where_allowed() {
+        let hostile = [
+            '\u{0}', '\u{7}', '\u{1b}', '\u{7f}', '\u{85}', '\r', '\u{202A}', '\u{202E}', '\u{2066}', '\u{2069}',
+            '\u{FFFD}',
+        ];
+        for c in hostile {
+            assert!(forbidden_char(c, false) && forbidden_char(c, true), "{c:?}");
+            assert!(has_forbidden_char(&format!("Ada{c}"), true), "{c:?}");
+        }
+        assert!(forbidden_char('\n', false) && !forbidden_char('\n', true));
+        assert!(forbidden_char('\t', false) && !forbidden_char('\t', true));
+        assert!(!has_forbidden_char("José Ñúñez-O'Brien 😀 عربي", false));
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod alerts;
 pub mod allocator;
 pub mod auth;
 pub mod booking;
+pub mod correlation;
 pub mod email;
 pub mod events;
 pub mod flags;

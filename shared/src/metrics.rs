@@ -42,12 +42,16 @@ pub mod names {
     pub const EMAILS_RETRIED: &str = "EmailsRetried";
     pub const EMAILS_FAILED: &str = "EmailsFailed";
     pub const EMAILS_DEAD_LETTERED: &str = "EmailsDeadLettered";
+    pub const EMAILS_SUPPRESSED: &str = "EmailsSuppressed";
     pub const DLQ_DEPTH: &str = "DlqDepth";
     pub const OUTBOX_PENDING: &str = "OutboxPending";
     pub const OUTBOX_LAG_SECONDS: &str = "OutboxLagSeconds";
+    pub const OUTBOX_DEAD_ROWS: &str = "OutboxDeadRows";
     pub const FLAG_CONTRADICTIONS: &str = "FlagContradictions";
     pub const FLAG_BREAK_GLASS: &str = "FlagBreakGlass";
     pub const FLAG_REVIEWS_OVERDUE: &str = "FlagReviewsOverdue";
+    pub const FLAG_AUTO_REVERTS: &str = "FlagAutoReverts";
+    pub const FLAG_AUTO_REVERTS_REFUSED: &str = "FlagAutoRevertsRefused";
 }
 
 /// Dimension names.
@@ -166,18 +170,27 @@ pub static METRICS: &[MetricDef] = &[
         "Email attempts that failed permanently."),
     def(names::EMAILS_DEAD_LETTERED, Unit::Count, MetricKind::Counter, ENV_EMAIL,
         "Email jobs moved to the dead-letter queue."),
+    // Environment only: an alarm watches the total (any suppression needs a person).
+    def(names::EMAILS_SUPPRESSED, Unit::Count, MetricKind::Counter, ENV,
+        "Email jobs not (re)sent because an attempt may have been delivered (SES outcome unknown); each needs an operator's check."),
     def(names::DLQ_DEPTH, Unit::Count, MetricKind::Gauge, ENV,
         "Messages in the email dead-letter queue."),
     def(names::OUTBOX_PENDING, Unit::Count, MetricKind::Gauge, ENV,
         "Outbox rows not yet published to SQS."),
     def(names::OUTBOX_LAG_SECONDS, Unit::Seconds, MetricKind::Gauge, ENV,
         "Age of the oldest unpublished outbox row."),
+    def(names::OUTBOX_DEAD_ROWS, Unit::Count, MetricKind::Gauge, ENV,
+        "Outbox rows the relay gave up on (dead_at set): emails that will not leave until revived or discarded."),
     def(names::FLAG_CONTRADICTIONS, Unit::Count, MetricKind::Counter, ENV,
         "Contradictory flag combinations detected."),
     def(names::FLAG_BREAK_GLASS, Unit::Count, MetricKind::Counter, ENV,
         "Kill switches applied by one person alone (break-glass)."),
     def(names::FLAG_REVIEWS_OVERDUE, Unit::Count, MetricKind::Counter, ENV,
         "Break-glass reviews past 24 h unacknowledged, counted by every review sweep (non-zero while any is overdue)."),
+    def(names::FLAG_AUTO_REVERTS, Unit::Count, MetricKind::Counter, ENV,
+        "Prod flag changes reverted automatically: a burn-rate alarm entered ALARM in their bake window."),
+    def(names::FLAG_AUTO_REVERTS_REFUSED, Unit::Count, MetricKind::Counter, ENV,
+        "Automatic reverts not written (flag changed again since, or a contradiction): an operator decides."),
 ];
 
 /// The catalogue entry for `name`, if any.
@@ -588,6 +601,8 @@ fn accumulate(acc: &mut Acc<'_>, et: EventType, ctx: &EventContext) {
         FlagsContradiction => acc.add(names::FLAG_CONTRADICTIONS, None),
         FlagsBreakGlass => acc.add(names::FLAG_BREAK_GLASS, None),
         FlagsReviewOverdue => acc.add(names::FLAG_REVIEWS_OVERDUE, None),
+        FlagsAutoReverted => acc.add(names::FLAG_AUTO_REVERTS, None),
+        FlagsAutoRevertRefused => acc.add(names::FLAG_AUTO_REVERTS_REFUSED, None),
         StrictVerifyFailed => acc.add(names::ERRORS_BY_CODE, Some((dims::ERROR_CODE, "strict_constraint_missing"))),
         EmailSent | EmailRetried | EmailFailed => {
             let name = match et {
@@ -611,8 +626,13 @@ fn accumulate(acc: &mut Acc<'_>, et: EventType, ctx: &EventContext) {
             acc.add(names::EMAILS_DEAD_LETTERED, email_type());
             acc.add_op(names::CUTOFFS, send);
         }
-        // Not metrics: intentional skips and flag changes are audit information.
-        EmailSkipped | FlagsChanged => {}
+        EmailSuppressed => acc.add(names::EMAILS_SUPPRESSED, None),
+        // Not metrics: intentional skips and flag changes are audit information; a publish is
+        // a booking's trail (its correlation id), the outbox gauges measure the relay.
+        EmailSkipped | FlagsChanged | EmailPublished => {}
+        // Not metrics either: the maintenance function's own AWS/Lambda Errors are alarmed on
+        // (infra/template.yaml, maintenance-failing); the events date its runs for the runbook.
+        MaintenanceCompleted | MaintenanceFailed => {}
         // Request outcome events were handled above.
         QuoteCompleted | HoldCreated | HoldConflict | HoldReleased | HoldConfirmed | HoldFailed
         | HoldMetadataRejected => {}
@@ -625,6 +645,7 @@ pub enum Gauge {
     DlqDepth,
     OutboxPending,
     OutboxLagSeconds,
+    OutboxDeadRows,
     StrictRolloutPercent,
 }
 
@@ -634,13 +655,14 @@ impl Gauge {
             Gauge::DlqDepth => names::DLQ_DEPTH,
             Gauge::OutboxPending => names::OUTBOX_PENDING,
             Gauge::OutboxLagSeconds => names::OUTBOX_LAG_SECONDS,
+            Gauge::OutboxDeadRows => names::OUTBOX_DEAD_ROWS,
             Gauge::StrictRolloutPercent => names::STRICT_ROLLOUT_PERCENT,
         }
     }
 
     pub fn unit(self) -> Unit {
         match self {
-            Gauge::DlqDepth | Gauge::OutboxPending => Unit::Count,
+            Gauge::DlqDepth | Gauge::OutboxPending | Gauge::OutboxDeadRows => Unit::Count,
             Gauge::OutboxLagSeconds => Unit::Seconds,
             Gauge::StrictRolloutPercent => Unit::Percent,
         }

@@ -72,7 +72,9 @@ impl ServiceHours {
         if c > o {
             c - o
         } else {
-            c + u32::from(MINUTES_PER_DAY) - o
+            // Saturating: `validate` measures every period for its overlap check, those it
+            // refuses (opening at or after minute 1440) included. Found by fuzz_policy.
+            (c + u32::from(MINUTES_PER_DAY)).saturating_sub(o)
         }
     }
 
@@ -362,7 +364,8 @@ impl BookingPolicy {
             _ => {}
         }
         if let Some(offset) = self.utc_offset_minutes {
-            if offset.abs() > MAX_UTC_OFFSET_MINUTES {
+            // `unsigned_abs`: `abs` overflows on i32::MIN (found by fuzz_policy).
+            if offset.unsigned_abs() > MAX_UTC_OFFSET_MINUTES.unsigned_abs() {
                 errors.push(PolicyError::UtcOffsetOutOfRange(offset));
             }
         }

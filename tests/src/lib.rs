@@ -12,8 +12,51 @@ use uuid::Uuid;
 
 pub use holdfast_adapters::db::replace_dbname;
 
-pub const DEFAULT_DATABASE_URL: &str = "postgres://holdfast@127.0.0.1:55432/holdfast";
 pub const DEFAULT_AWS_ENDPOINT: &str = "http://127.0.0.1:5055";
+
+/// The runtime role's URL (`DATABASE_URL`): what the functions connect as. Locally (and in
+/// CI) it goes through PgBouncer in transaction pooling mode, as through RDS Proxy in AWS.
+pub fn runtime_url() -> String {
+    required_env("DATABASE_URL")
+}
+
+/// The runtime role straight to PostgreSQL (`HOLDFAST_DIRECT_DATABASE_URL`; `DATABASE_URL` when
+/// unset), for the few tests that need a real session of their own (see [`TestDb::direct_pool`]).
+pub fn direct_url() -> String {
+    std::env::var("HOLDFAST_DIRECT_DATABASE_URL").ok().filter(|v| !v.is_empty()).unwrap_or_else(runtime_url)
+}
+
+/// PgBouncer's admin console (`HOLDFAST_PGBOUNCER_ADMIN_URL`, database `pgbouncer`):
+/// `SHOW POOLS`, `SHOW SERVERS`.
+pub fn pgbouncer_admin_url() -> String {
+    required_env("HOLDFAST_PGBOUNCER_ADMIN_URL")
+}
+
+/// The schema owner's URL (`HOLDFAST_OWNER_DATABASE_URL`): creates and migrates databases.
+pub fn owner_url() -> String {
+    required_env("HOLDFAST_OWNER_DATABASE_URL")
+}
+
+/// The local superuser's URL (`HOLDFAST_ADMIN_DATABASE_URL`): only for what neither
+/// application role may do (roles, passwords, other roles' sessions).
+pub fn admin_url() -> String {
+    required_env("HOLDFAST_ADMIN_DATABASE_URL")
+}
+
+/// The local cluster's CA certificate (`HOLDFAST_PG_CA_FILE`), which its server certificate
+/// chains to.
+pub fn ca_file() -> String {
+    required_env("HOLDFAST_PG_CA_FILE")
+}
+
+// The roles' passwords and the CA are generated per checkout, so there is no default to fall
+// back on: the settings come from `scripts/services.sh`.
+fn required_env(key: &str) -> String {
+    std::env::var(key)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| panic!("{key} is not set: run ./scripts/services.sh and `source .local/env` first"))
+}
 
 /// `host:port` of the AWS emulator the tests use (from `AWS_ENDPOINT_URL`, as the SDK sees it),
 /// for tests that put something between the SDK and the emulator.
@@ -44,12 +87,19 @@ pub fn ensure_aws_env() {
     }
 }
 
-/// A fresh, migrated database named `hf_test_<uuid>`, created by the application role (which
-/// has CREATEDB and nothing more). Old ones are dropped by `scripts/test.sh` before a run.
+/// A fresh database named `hf_test_<uuid>`, created and migrated by the schema owner (which has
+/// CREATEDB and owns the schema), used by the tests as the runtime role, over TLS, as the
+/// functions use it. Old ones are dropped by `scripts/test.sh` before a run.
 pub struct TestDb {
     pub name: String,
+    /// The runtime role's URL for this database (through PgBouncer, like [`runtime_url`]).
     pub url: String,
+    /// The runtime role: what the functions connect as (no DDL, append-only audit), through
+    /// PgBouncer: each statement outside a transaction, and each transaction, may run on a
+    /// different server connection, as behind RDS Proxy.
     pub pool: Pool,
+    /// The schema owner's URL for this database.
+    pub owner_url: String,
 }
 
 impl TestDb {
@@ -58,16 +108,44 @@ impl TestDb {
     }
 
     pub async fn with_pool_size(size: usize) -> TestDb {
-        let base = env_or("DATABASE_URL", DEFAULT_DATABASE_URL);
+        let owner_base = owner_url();
         let name = format!("hf_test_{}", Uuid::new_v4().simple());
-        let admin = holdfast_adapters::db::pool_from_url(&base, 1).expect("DATABASE_URL parses");
-        let client =
-            admin.get().await.expect("cannot reach PostgreSQL: run ./scripts/services.sh (or ./scripts/test.sh) first");
+        let creator = holdfast_adapters::db::pool_from_url(&owner_base, 1).expect("HOLDFAST_OWNER_DATABASE_URL parses");
+        let client = creator
+            .get()
+            .await
+            .expect("cannot reach PostgreSQL: run ./scripts/services.sh (or ./scripts/test.sh) first");
         client.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create test database");
-        let url = replace_dbname(&base, &name);
+        let owner_url = replace_dbname(&owner_base, &name);
+        let owner = holdfast_adapters::db::pool_from_url(&owner_url, 1).expect("owner pool");
+        holdfast_adapters::db::migrate(&owner).await.expect("migrations apply");
+        let url = replace_dbname(&runtime_url(), &name);
         let pool = holdfast_adapters::db::pool_from_url(&url, size).expect("pool");
-        holdfast_adapters::db::migrate(&pool).await.expect("migrations apply");
-        TestDb { name, url, pool }
+        TestDb { name, url, pool, owner_url }
+    }
+
+    /// A pool as the schema owner, for what a test does that the functions may not: DDL
+    /// (dropping a constraint, disabling a trigger), rewriting audit rows.
+    pub fn owner_pool(&self) -> Pool {
+        holdfast_adapters::db::pool_from_url(&self.owner_url, 2).expect("owner pool")
+    }
+
+    /// A pool as the superuser on this database: creating roles, changing passwords, ending
+    /// other roles' sessions (`pg_terminate_backend`).
+    pub fn admin_pool(&self) -> Pool {
+        holdfast_adapters::db::pool_from_url(&replace_dbname(&admin_url(), &self.name), 2).expect("admin pool")
+    }
+
+    /// The runtime role's URL for this database, straight to PostgreSQL.
+    pub fn direct_url(&self) -> String {
+        replace_dbname(&direct_url(), &self.name)
+    }
+
+    /// A pool as the runtime role straight to PostgreSQL, for a test that needs a session of its
+    /// own: one client, one backend for its lifetime (`pg_backend_pid()` names the connection),
+    /// or what a pooler refuses by design.
+    pub fn direct_pool(&self, size: usize) -> Pool {
+        holdfast_adapters::db::pool_from_url(&self.direct_url(), size).expect("direct pool")
     }
 }
 

@@ -70,7 +70,7 @@ impl Ctx {
         holds_api::store::publish_policy(&c, restaurant, "Matrix Bistro", &policy).await.expect("publish");
         drop(c);
         let prefix = format!("/{}/dev", aws.prefix);
-        let loader = FlagLoader::new(
+        let loader = FlagLoader::unrecorded(
             aws_sdk_ssm::Client::new(&aws.sdk),
             holdfast_shared::flags::Environment::Dev,
             prefix,

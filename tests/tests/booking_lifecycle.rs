@@ -10,6 +10,7 @@ use email_sender::relay::OutboxRelay;
 use email_sender::sqs::{self as q, QueuePair};
 use email_sender::store::SendStore;
 use holdfast_adapters::flags::FlagLoader;
+use holdfast_adapters::sql::Sql;
 use holdfast_shared::email::Backoff;
 use holdfast_shared::ids::RestaurantId;
 use holdfast_shared::policy::BookingPolicy;
@@ -56,8 +57,12 @@ impl Ctx {
             .send()
             .await
             .expect("flag");
-        let flags =
-            FlagLoader::new(ssm, holdfast_shared::flags::Environment::Dev, prefix, std::time::Duration::from_secs(30));
+        let flags = FlagLoader::unrecorded(
+            ssm,
+            holdfast_shared::flags::Environment::Dev,
+            prefix,
+            std::time::Duration::from_secs(30),
+        );
         let svc = HoldsService::new(db.pool.clone(), Arc::new(flags));
         let sqs = aws_sdk_sqs::Client::new(&aws.sdk);
         let pair = q::create_queue_pair(&sqs, &aws.name("email"), &aws.name("email-dlq"), 30).await.expect("queues");
@@ -134,7 +139,7 @@ impl Ctx {
     /// type. The database is this test's own, so every row is this test's mail.
     async fn mail(&self) -> Vec<String> {
         let c = self.db.pool.get().await.expect("conn");
-        c.query(
+        c.fetch(
             "SELECT email_type FROM email_sends WHERE state = 'sent' AND provider = 'ses'
                 AND provider_message_id IS NOT NULL ORDER BY sent_at",
             &[],
@@ -159,12 +164,12 @@ impl Ctx {
     }
 
     async fn count(&self, sql: &str) -> i64 {
-        self.db.pool.get().await.expect("conn").query_one(sql, &[]).await.expect("count").get(0)
+        self.db.pool.get().await.expect("conn").fetch_one(sql, &[]).await.expect("count").get(0)
     }
 
     async fn skipped(&self, reason: &str) -> i64 {
         let c = self.db.pool.get().await.expect("conn");
-        c.query_one(
+        c.fetch_one(
             "SELECT count(*) FROM observability_events WHERE event_type = 'email.skipped' AND context->>'error_code' = $1",
             &[&reason],
         )
@@ -219,7 +224,7 @@ async fn a_request_with_no_table_free_waits_retries_and_tells_ops_once() {
     // The request-received email is due the flag's delay after the request, not before (the
     // relay only publishes it then; pumping now would leave it delayed in SQS in real time).
     let delay: f64 = t.db.pool.get().await.expect("conn")
-        .query_one("SELECT extract(epoch FROM not_before - created_at)::float8 FROM email_outbox WHERE email_type = 'request_received'", &[])
+        .fetch_one("SELECT extract(epoch FROM not_before - created_at)::float8 FROM email_outbox WHERE email_type = 'request_received'", &[])
         .await
         .expect("row")
         .get(0);
@@ -231,7 +236,7 @@ async fn a_request_with_no_table_free_waits_retries_and_tells_ops_once() {
     // The durable job: attempts 2..4 when due (time moved by making them due now).
     for attempt in 2..=4 {
         let c = t.db.pool.get().await.expect("conn");
-        c.execute("UPDATE booking_assignments SET not_before = now() WHERE state = 'pending'", &[]).await.expect("due");
+        c.run("UPDATE booking_assignments SET not_before = now() WHERE state = 'pending'", &[]).await.expect("due");
         let r = t.svc.run_due_assignments(10).await.expect("run");
         assert_eq!(r.attempted, 1, "attempt {attempt}: {r:?}");
     }
@@ -328,7 +333,7 @@ async fn the_reminder_lead_is_policy_data() {
     let (s, b) = t.call("jane", "POST", "/bookings", &t.request_body(START, 2)).await;
     assert_eq!((s, b["status"].as_str()), (201, Some("confirmed")), "{b}");
     let at: DateTime<Utc> = c
-        .query_one("SELECT not_before FROM email_outbox WHERE email_type = 'reminder'", &[])
+        .fetch_one("SELECT not_before FROM email_outbox WHERE email_type = 'reminder'", &[])
         .await
         .expect("one reminder")
         .get(0);

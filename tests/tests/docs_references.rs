@@ -1,8 +1,8 @@
 //! Every repo-relative path the docs and sources cite exists.
 //!
-//! Scanned: every Markdown file, every `*.rs`, `*.toml`, `*.sql`, `*.sh`, `*.yaml`/`*.yml`
-//! (README.md, the Cargo manifests, docs/, infra/template.yaml, migrations, scripts, sources),
-//! outside build output and hidden directories.
+//! Scanned: every Markdown file, every `*.rs`, `*.toml`, `*.sql`, `*.sh`, `*.yaml`/`*.yml`, `*.json`
+//! (README.md, the Cargo manifests, docs/, infra/template.yaml, the dashboards and monitors with
+//! their runbook links, migrations, scripts, sources), outside build output and hidden directories.
 //!
 //! What counts as a reference:
 //! - in Markdown, a path inside a code span or a fenced block (read from the repository root),
@@ -55,7 +55,7 @@ fn kind_of(path: &Path) -> Option<Kind> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     match ext {
         "md" => Some(Kind::Markdown),
-        "rs" | "toml" | "sql" | "sh" | "yaml" | "yml" => Some(Kind::Plain),
+        "rs" | "toml" | "sql" | "sh" | "yaml" | "yml" | "json" => Some(Kind::Plain),
         _ if name == "Dockerfile" => Some(Kind::Plain),
         _ => None,
     }
@@ -373,6 +373,21 @@ fn a_missing_path_is_reported() {
     let refs = references(Path::new("x.rs"), Kind::Plain, &rust);
     assert_eq!((refs.len(), refs[0].line), (1, 2), "{refs:?}");
     assert!(check(&root, Path::new("x.rs"), &refs[0]).is_some());
+}
+
+#[test]
+fn a_broken_runbook_anchor_in_an_alarm_or_monitor_is_reported() {
+    let root = repo_root();
+    let runbook = p(&["docs", "runbooks", "email.md"]);
+    let monitor = format!("{{\"message\": \"DLQ not empty.\\n\\nRunbook: {runbook}#dlq-is-full\\n@oncall\"}}");
+    let refs = references(Path::new("monitors.json"), Kind::Plain, &monitor);
+    assert_eq!(refs.len(), 1, "{refs:?}");
+    assert!(check(&root, Path::new("monitors.json"), &refs[0]).is_some(), "a missing heading must be reported");
+    let alarm =
+        format!("      AlarmDescription: >-\n        Oldest message too old. Runbook: {runbook}#dlq-not-empty\n");
+    let refs = references(Path::new("template.yaml"), Kind::Plain, &alarm);
+    assert_eq!(refs.len(), 1, "{refs:?}");
+    assert_eq!(check(&root, Path::new("template.yaml"), &refs[0]), None);
 }
 
 #[test]

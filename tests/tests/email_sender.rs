@@ -12,6 +12,7 @@ use email_sender::relay::OutboxRelay;
 use email_sender::sqs::{self as q, QueuePair};
 use email_sender::store::SendStore;
 use futures::future::BoxFuture;
+use holdfast_adapters::sql::Sql;
 use holdfast_shared::email::{Backoff, EmailJob, EmailType};
 use holdfast_shared::ids::{BookingId, RestaurantId};
 use holdfast_tests::{http_get, wait_for, TestAws, TestDb};
@@ -88,7 +89,7 @@ impl H {
         let region = aws.sdk.region().map(|r| r.to_string()).unwrap_or_else(|| "eu-west-1".into());
         let restaurant = RestaurantId::new_random();
         let c = db.pool.get().await.expect("conn");
-        c.execute("INSERT INTO restaurants (id, name) VALUES ($1, 'Chez Test')", &[&restaurant.as_uuid()])
+        c.run("INSERT INTO restaurants (id, name) VALUES ($1, 'Chez Test')", &[&restaurant.as_uuid()])
             .await
             .expect("restaurant");
         H { db, aws, sqs, pair, region, restaurant }
@@ -97,7 +98,7 @@ impl H {
     async fn booking(&self, status: &str, email: &str) -> BookingId {
         let id = BookingId::new_random();
         let c = self.db.pool.get().await.expect("conn");
-        c.execute(
+        c.run(
             "INSERT INTO bookings (id, restaurant_id, status, party_size, starts_at, ends_at, guest_name, guest_email, guest_phone, guest_notes)
              VALUES ($1, $2, $3, 2, '2030-01-07 19:00Z', '2030-01-07 21:00Z', 'Jane Doe', $4, '+44 7700 900123', 'allergic to nuts')",
             &[&id.as_uuid(), &self.restaurant.as_uuid(), &status, &email],
@@ -170,7 +171,7 @@ impl H {
 
     async fn events(&self, event_type: &str) -> Vec<serde_json::Value> {
         let c = self.db.pool.get().await.expect("conn");
-        c.query("SELECT context FROM observability_events WHERE event_type = $1 ORDER BY id", &[&event_type])
+        c.fetch("SELECT context FROM observability_events WHERE event_type = $1 ORDER BY id", &[&event_type])
             .await
             .expect("events")
             .iter()
@@ -180,7 +181,7 @@ impl H {
 
     async fn ledger(&self, key: &str) -> Option<(String, i32, Option<String>)> {
         let c = self.db.pool.get().await.expect("conn");
-        c.query_opt("SELECT state, attempts, last_error FROM email_sends WHERE dedupe_key = $1", &[&key])
+        c.fetch_opt("SELECT state, attempts, last_error FROM email_sends WHERE dedupe_key = $1", &[&key])
             .await
             .expect("ledger")
             .map(|r| (r.get(0), r.get(1), r.get(2)))
@@ -419,7 +420,7 @@ async fn an_outbox_row_written_while_sqs_is_unreachable_is_published_when_it_ret
         assert!(r.sqs_unavailable && r.published == 0, "{r:?}");
     }
     let row = c
-        .query_one("SELECT published_at IS NULL, attempts, last_error, dead_at IS NULL FROM email_outbox WHERE dedupe_key = $1", &[&job.dedupe_key()])
+        .fetch_one("SELECT published_at IS NULL, attempts, last_error, dead_at IS NULL FROM email_outbox WHERE dedupe_key = $1", &[&job.dedupe_key()])
         .await
         .expect("row");
     assert!(row.get::<_, bool>(0), "not marked published while SQS is down");
@@ -432,7 +433,7 @@ async fn an_outbox_row_written_while_sqs_is_unreachable_is_published_when_it_ret
     assert_eq!((r.published, r.sqs_unavailable), (1, false));
     assert_eq!(up.tick().await.expect("tick").published, 0, "published once");
     let published: bool = c
-        .query_one("SELECT published_at IS NOT NULL FROM email_outbox WHERE dedupe_key = $1", &[&job.dedupe_key()])
+        .fetch_one("SELECT published_at IS NOT NULL FROM email_outbox WHERE dedupe_key = $1", &[&job.dedupe_key()])
         .await
         .expect("row")
         .get(0);
@@ -502,13 +503,13 @@ async fn ses_path_really_sends_through_the_emulator_with_no_pii_in_events() {
     assert_eq!(state, "sent");
     let c = h.db.pool.get().await.expect("conn");
     let provider_id: Option<String> = c
-        .query_one("SELECT provider_message_id FROM email_sends WHERE dedupe_key = $1", &[&job.dedupe_key()])
+        .fetch_one("SELECT provider_message_id FROM email_sends WHERE dedupe_key = $1", &[&job.dedupe_key()])
         .await
         .expect("row")
         .get(0);
     assert!(provider_id.is_some_and(|s| !s.is_empty()), "SES message id recorded");
     let all: Vec<String> = c
-        .query("SELECT row_to_json(e)::text FROM observability_events e", &[])
+        .fetch("SELECT row_to_json(e)::text FROM observability_events e", &[])
         .await
         .expect("events")
         .iter()
@@ -516,7 +517,7 @@ async fn ses_path_really_sends_through_the_emulator_with_no_pii_in_events() {
         .collect();
     assert!(!all.is_empty());
     let ledger: String =
-        c.query_one("SELECT row_to_json(s)::text FROM email_sends s", &[]).await.expect("ledger").get(0);
+        c.fetch_one("SELECT row_to_json(s)::text FROM email_sends s", &[]).await.expect("ledger").get(0);
     for text in all.iter().chain(std::iter::once(&ledger)) {
         for p in PII {
             assert!(!text.contains(p), "PII {p:?} in {text}");
@@ -589,10 +590,12 @@ async fn resend_reads_its_key_from_ssm_sends_the_idempotency_key_and_classifies_
         text: "Hello".into(),
         html: "<p>Hello</p>".into(),
         idempotency_key: "booking:abc:booking_confirmed".into(),
+        attempt_id: uuid::Uuid::new_v4(),
     };
     let ok = resend.send(&email).await.expect("200 accepted");
     assert_eq!(ok.message_id.as_deref(), Some("re_123"));
-    assert_eq!(resend.send(&email).await, Err(SendError::Transient("resend_http_503".into())));
+    // A 5xx may follow acceptance: ambiguous (safe to retry here, the key deduplicates).
+    assert_eq!(resend.send(&email).await, Err(SendError::Ambiguous("resend_http_503".into())));
     assert_eq!(resend.send(&email).await, Err(SendError::Permanent("resend_http_422".into())));
     let reqs = seen.lock().expect("lock").clone();
     assert_eq!(reqs.len(), 3);
@@ -628,4 +631,35 @@ async fn one_claim_statement_per_batch() {
     // claim (1) + outcomes (1) + events (1), whatever the batch size.
     assert_eq!(sender.store().statements() - before, 3);
     assert_eq!(provider.sent().len(), 10);
+}
+
+#[tokio::test]
+async fn a_panic_inside_the_provider_call_is_not_resent_after_its_lease() {
+    let h = H::new().await;
+    let b = h.booking("confirmed", "jane.doe@example.com").await;
+    let job = EmailJob::for_booking(EmailType::BookingConfirmed, b);
+    h.send_job(&job).await;
+    // The provider may have accepted it before panicking: the outcome is unknown.
+    let provider = ScriptedProvider::new(Script::PanicFor(job.dedupe_key()));
+    let sender = h.sender(provider.clone(), Arc::new(SystemClock));
+    let d = h.deliver(&sender, &h.receive_some("the job", Duration::from_secs(10)).await).await;
+    assert_eq!(d.failed.len(), 1, "retried: {d:?}");
+    // Busy while the lease (3 s) lasts; then the unresolved attempt stops a second call.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "never settled");
+        let d = h.deliver(&sender, &h.receive_some("a redelivery", Duration::from_secs(20)).await).await;
+        if d.failed.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(provider.calls(), 1, "the provider is not asked again");
+    assert_eq!(
+        h.ledger(&job.dedupe_key()).await.map(|l| (l.0, l.2)),
+        Some(("suppressed_ambiguous".into(), Some("earlier_attempt_unresolved".into())))
+    );
+    let suppressed = h.events("email.suppressed").await;
+    assert_eq!(suppressed.len(), 1);
+    assert_eq!(suppressed[0]["error_code"], "earlier_attempt_unresolved");
+    assert_eq!(h.depth(&h.pair.queue_url).await, (0, 0, 0));
 }

@@ -8,6 +8,7 @@ use flag_approver::ssm::SsmFlags;
 use flag_approver::FlagApprover;
 use holdfast_adapters::events::EventRecorder;
 use holdfast_adapters::flags::{FlagLoader, FlagOrigin};
+use holdfast_adapters::sql::{Param, Sql};
 use holdfast_shared::events::Source;
 use holdfast_shared::flags::{names, ssm_parameter_name, Environment};
 use holdfast_tests::{response_json, TestAws, TestDb};
@@ -58,7 +59,7 @@ impl Ctx {
     }
 
     fn loader(&self, client: aws_sdk_ssm::Client, env: Environment, ttl: Duration) -> FlagLoader {
-        FlagLoader::new(client, env, self.prefix(env), ttl)
+        FlagLoader::unrecorded(client, env, self.prefix(env), ttl)
     }
 
     async fn set_ssm(&self, env: Environment, flag: &str, value: &str) {
@@ -117,16 +118,16 @@ impl Ctx {
         self.call("POST", &format!("/flags/proposals/{id}/approve"), Value::Null, who).await
     }
 
-    async fn count(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> i64 {
+    async fn count(&self, sql: &str, params: &[&dyn Param]) -> i64 {
         let c = self.db.pool.get().await.expect("conn");
-        c.query_one(sql, params).await.expect("count").get(0)
+        c.fetch_one(sql, params).await.expect("count").get(0)
     }
 
     /// Audit actions of one proposal, oldest first, as (action, actor, detail).
     async fn audit_of(&self, id: &str) -> Vec<(String, String, Option<String>)> {
         let c = self.db.pool.get().await.expect("conn");
         let id: uuid::Uuid = id.parse().expect("uuid");
-        c.query("SELECT action, actor, detail FROM flag_audit WHERE proposal_id = $1 ORDER BY id", &[&id])
+        c.fetch("SELECT action, actor, detail FROM flag_audit WHERE proposal_id = $1 ORDER BY id", &[&id])
             .await
             .expect("audit")
             .iter()
@@ -209,7 +210,7 @@ async fn propose_approve_apply_round_trip_is_visible_to_the_loader() {
     // Every step is audited with actor, before/after, reason and request id.
     let c = t.db.pool.get().await.expect("conn");
     let rows = c
-        .query(
+        .fetch(
             "SELECT action, actor, before_value, after_value, reason, request_id FROM flag_audit \
              WHERE proposal_id = $1 ORDER BY id",
             &[&id.parse::<uuid::Uuid>().expect("uuid")],
@@ -409,21 +410,27 @@ async fn audit_rows_cannot_be_updated_deleted_or_truncated() {
     let t = Ctx::new().await;
     let id = t.propose_ok(&ops("alice"), names::HOLDS_TTL_SECONDS, Environment::Dev, json!(240)).await;
     let c = t.db.pool.get().await.expect("conn");
+    let owner_pool = t.db.owner_pool();
+    let owner = owner_pool.get().await.expect("owner conn");
     let attempts = [
         "UPDATE flag_audit SET actor = 'mallory'",
         "DELETE FROM flag_audit",
         "TRUNCATE flag_audit",
         "UPDATE flag_audit SET reason = 'x' WHERE false",
     ];
-    // Layer 1: the privileges are revoked, even from the owner that ran the migration.
-    for sql in attempts {
-        let e = c.batch_execute(sql).await.expect_err(sql);
-        assert_eq!(e.code(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE), "{sql}: {e:?}");
+    // Layer 1: the privileges are not there, for the functions' runtime role (never granted)
+    // nor for the owner that ran the migration (revoked).
+    for conn in [&c, &owner] {
+        for sql in attempts {
+            let e = conn.batch_execute(sql).await.expect_err(sql);
+            assert_eq!(e.code(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE), "{sql}: {e:?}");
+        }
     }
-    // Layer 2: the owner can grant itself the privileges back; the trigger still refuses.
-    c.batch_execute("GRANT UPDATE, DELETE, TRUNCATE ON flag_audit TO CURRENT_USER").await.expect("grant");
+    // Layer 2: the owner (not the runtime role: tests/tests/db_roles.rs) can grant itself the
+    // privileges back; the trigger still refuses.
+    owner.batch_execute("GRANT UPDATE, DELETE, TRUNCATE ON flag_audit TO CURRENT_USER").await.expect("grant");
     for sql in attempts {
-        let e = c.batch_execute(sql).await.expect_err(sql);
+        let e = owner.batch_execute(sql).await.expect_err(sql);
         let db = e.as_db_error().expect("server error");
         assert_eq!(db.code(), &tokio_postgres::error::SqlState::RAISE_EXCEPTION, "{sql}");
         assert!(db.message().contains("append-only"), "{sql}: {}", db.message());
@@ -431,7 +438,7 @@ async fn audit_rows_cannot_be_updated_deleted_or_truncated() {
     // Appending still works, and the original rows are intact.
     let audit = t.audit_of(&id).await;
     assert_eq!(audit, vec![("proposed".to_string(), "alice".to_string(), None)]);
-    c.execute(
+    c.run(
         "INSERT INTO flag_audit (action, actor, flag, environment) VALUES ('rejected', 'x', 'holds.ttlSeconds', 'dev')",
         &[],
     )
@@ -564,8 +571,8 @@ async fn loader_warns_and_records_an_event_once_for_a_contradictory_set() {
     let env = Environment::Prod;
     // An out-of-band edit (the approver would refuse it): merges on, adjacency off.
     t.set_ssm(env, names::ALLOCATOR_REQUIRE_ADJACENCY, "false").await;
-    let loader =
-        t.loader(t.ssm(), env, Duration::ZERO).with_recorder(EventRecorder::new(t.db.pool.clone()), Source::HoldsApi);
+    let recorder = EventRecorder::new(t.db.pool.clone());
+    let loader = FlagLoader::new(t.ssm(), env, t.prefix(env), Duration::ZERO, recorder, Source::HoldsApi);
     let snap = loader.get().await;
     assert_eq!(snap.violations.iter().map(|v| v.rule_id).collect::<Vec<_>>(), ["FR001"]);
     assert!(!snap.set.require_adjacency(), "served as read: the loader reports, it does not rewrite");
@@ -618,7 +625,7 @@ async fn reject_and_expiry_end_a_proposal() {
     // A proposal past its deadline cannot be approved; the expiry is persisted and audited.
     let old = t.propose_ok(&ops("alice"), names::HOLDS_TTL_SECONDS, Environment::Dev, json!(300)).await;
     let c = t.db.pool.get().await.expect("conn");
-    c.execute(
+    c.run(
         "UPDATE flag_proposals SET created_at = now() - interval '2 days', expires_at = now() - interval '1 day' \
          WHERE id = $1",
         &[&old.parse::<uuid::Uuid>().expect("uuid")],
@@ -1049,10 +1056,8 @@ async fn break_glass_applies_a_kill_switch_with_one_ops_member_audited_alarmed_a
     assert_eq!(tail.iter().filter(|a| **a == "review_acknowledged").count(), 2);
     // An acknowledged review is final, even for the table owner.
     let c = t.db.pool.get().await.expect("conn");
-    let e = c
-        .execute("UPDATE flag_reviews SET acknowledged_by = 'mallory'", &[])
-        .await
-        .expect_err("acknowledgement is final");
+    let e =
+        c.run("UPDATE flag_reviews SET acknowledged_by = 'mallory'", &[]).await.expect_err("acknowledgement is final");
     assert!(e.to_string().contains("flag_reviews") || e.as_db_error().is_some(), "{e}");
 }
 
@@ -1074,10 +1079,12 @@ async fn an_unacknowledged_break_glass_review_past_24_hours_raises_the_overdue_a
     let r = t.svc.sweep_reviews(later).await.expect("sweep");
     assert_eq!((r.overdue, r.newly_overdue), (1, 1));
     // Or the row itself aged (as a real day would): still overdue on the real clock.
-    // (The table's guard refuses changing the deadline, so the test lifts it for the backdating.)
-    let c = t.db.pool.get().await.expect("conn");
+    // (The table's guard refuses changing the deadline, so the test lifts it for the backdating,
+    // as the schema owner: the functions' role cannot touch a trigger.)
+    let owner = t.db.owner_pool();
+    let c = owner.get().await.expect("owner conn");
     c.batch_execute("ALTER TABLE flag_reviews DISABLE TRIGGER flag_reviews_guard").await.expect("lift the guard");
-    c.execute(
+    c.run(
         "UPDATE flag_reviews SET opened_at = now() - interval '26 hours', due_at = now() - interval '2 hours' \
          WHERE proposal_id = $1",
         &[&id.parse::<uuid::Uuid>().expect("uuid")],
@@ -1097,7 +1104,7 @@ async fn an_unacknowledged_break_glass_review_past_24_hours_raises_the_overdue_a
     // What the metrics aggregator publishes from these rows: FlagReviewsOverdue > 0, the
     // metric and threshold of the alarm in infra/template.yaml.
     let rows: Vec<holdfast_shared::metrics::EventRow> = c
-        .query(
+        .fetch(
             "SELECT id, created_at, source, event_type, context FROM observability_events \
              WHERE event_type = 'flags.review_overdue'",
             &[],

@@ -2,30 +2,33 @@
 //! the emulator through the real Rust AWS SDK clients.
 
 use holdfast_adapters::db::{self, DbFault};
+use holdfast_adapters::sql::Sql;
 use holdfast_tests::{TestAws, TestDb};
 
 #[tokio::test]
 async fn migrations_apply_to_an_empty_database_and_are_idempotent() {
-    let t = TestDb::new().await; // applies everything once
-    let again = db::migrate(&t.pool).await.expect("second run succeeds");
+    let t = TestDb::new().await; // applies everything once, as the schema owner
+    let owner = t.owner_pool();
+    let again = db::migrate(&owner).await.expect("second run succeeds");
     assert_eq!(again, 0, "a second run must apply nothing");
 
-    let c = t.pool.get().await.expect("conn");
-    let applied: i64 = c.query_one("SELECT count(*) FROM refinery_schema_history", &[]).await.expect("history").get(0);
+    let c = owner.get().await.expect("conn");
+    let applied: i64 = c.fetch_one("SELECT count(*) FROM refinery_schema_history", &[]).await.expect("history").get(0);
     assert_eq!(applied as usize, db::known_migrations().len());
     for table in ["restaurants", "restaurant_tables", "booking_policies", "bookings", "observability_events"] {
-        let exists: bool = c.query_one("SELECT to_regclass($1) IS NOT NULL", &[&table]).await.expect("regclass").get(0);
+        let exists: bool = c.fetch_one("SELECT to_regclass($1) IS NOT NULL", &[&table]).await.expect("regclass").get(0);
         assert!(exists, "table {table} missing after migration");
     }
     let ext: i64 =
-        c.query_one("SELECT count(*) FROM pg_extension WHERE extname = 'btree_gist'", &[]).await.expect("ext").get(0);
+        c.fetch_one("SELECT count(*) FROM pg_extension WHERE extname = 'btree_gist'", &[]).await.expect("ext").get(0);
     assert_eq!(ext, 1);
 }
 
 #[tokio::test]
 async fn overlapping_ranges_raise_23p01_naming_the_constraint() {
     let t = TestDb::new().await;
-    let c = t.pool.get().await.expect("conn");
+    let owner = t.owner_pool(); // a scratch table is DDL: the owner's
+    let c = owner.get().await.expect("conn");
     c.batch_execute(
         "CREATE TABLE scratch_claims (
             table_id uuid NOT NULL,
@@ -38,14 +41,14 @@ async fn overlapping_ranges_raise_23p01_naming_the_constraint() {
     let table = uuid::Uuid::new_v4();
     let insert =
         "INSERT INTO scratch_claims VALUES ($1, tstzrange($2::text::timestamptz, $3::text::timestamptz, '[)'))";
-    c.execute(insert, &[&table, &"2026-11-23 19:00Z", &"2026-11-23 21:00Z"]).await.expect("first");
+    c.run(insert, &[&table, &"2026-11-23 19:00Z", &"2026-11-23 21:00Z"]).await.expect("first");
     // Half-open: a window starting exactly at the end does not overlap.
-    c.execute(insert, &[&table, &"2026-11-23 21:00Z", &"2026-11-23 22:00Z"]).await.expect("adjacent");
+    c.run(insert, &[&table, &"2026-11-23 21:00Z", &"2026-11-23 22:00Z"]).await.expect("adjacent");
     // Another table may take the same window.
-    c.execute(insert, &[&uuid::Uuid::new_v4(), &"2026-11-23 19:00Z", &"2026-11-23 21:00Z"]).await.expect("other table");
+    c.run(insert, &[&uuid::Uuid::new_v4(), &"2026-11-23 19:00Z", &"2026-11-23 21:00Z"]).await.expect("other table");
 
     let err = c
-        .execute(insert, &[&table, &"2026-11-23 20:59Z", &"2026-11-23 21:30Z"])
+        .run(insert, &[&table, &"2026-11-23 20:59Z", &"2026-11-23 21:30Z"])
         .await
         .expect_err("overlap must be refused");
     assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::EXCLUSION_VIOLATION));

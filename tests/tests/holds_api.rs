@@ -1,6 +1,7 @@
 //! Holds API against real PostgreSQL (fresh database per test) and the emulator's SSM.
 
 use holdfast_adapters::flags::FlagLoader;
+use holdfast_adapters::sql::Sql;
 use holdfast_shared::ids::RestaurantId;
 use holdfast_shared::policy::BookingPolicy;
 use holdfast_tests::{api_request, response_json, TestAws, TestDb};
@@ -49,7 +50,7 @@ impl Ctx {
 
     fn service(db: &TestDb, aws: &TestAws) -> HoldsService {
         let ssm = aws_sdk_ssm::Client::new(&aws.sdk);
-        let flags = Arc::new(FlagLoader::new(
+        let flags = Arc::new(FlagLoader::unrecorded(
             ssm,
             holdfast_shared::flags::Environment::Dev,
             Self::prefix(aws),
@@ -94,12 +95,12 @@ impl Ctx {
 
     async fn count(&self, sql: &str) -> i64 {
         let c = self.db.pool.get().await.expect("conn");
-        c.query_one(sql, &[]).await.expect("count").get(0)
+        c.fetch_one(sql, &[]).await.expect("count").get(0)
     }
 
     async fn events(&self, event_type: &str) -> i64 {
         let c = self.db.pool.get().await.expect("conn");
-        c.query_one("SELECT count(*) FROM observability_events WHERE event_type = $1", &[&event_type])
+        c.fetch_one("SELECT count(*) FROM observability_events WHERE event_type = $1", &[&event_type])
             .await
             .expect("events")
             .get(0)
@@ -165,7 +166,7 @@ async fn a_merged_hold_is_all_or_nothing() {
     assert_eq!(s, 409, "{v}");
     let on_a: i64 = {
         let c = t.db.pool.get().await.expect("conn");
-        c.query_one("SELECT count(*) FROM table_claims WHERE table_id = $1", &[&a.as_uuid()]).await.expect("q").get(0)
+        c.fetch_one("SELECT count(*) FROM table_claims WHERE table_id = $1", &[&a.as_uuid()]).await.expect("q").get(0)
     };
     assert_eq!(on_a, 0, "the free table of a refused merge must not stay claimed");
 }
@@ -177,8 +178,8 @@ async fn an_expired_hold_never_blocks_and_cannot_be_confirmed() {
     let (_, h) = t.hold(Some(vec![table.clone()]), START, 2).await;
     // Let time pass: the hold's deadline is now behind the database clock. No sweeper runs.
     let c = t.db.pool.get().await.expect("conn");
-    c.execute("UPDATE holds SET expires_at = now() - interval '1 second'", &[]).await.expect("age hold");
-    c.execute("UPDATE table_claims SET expires_at = now() - interval '1 second'", &[]).await.expect("age claim");
+    c.run("UPDATE holds SET expires_at = now() - interval '1 second'", &[]).await.expect("age hold");
+    c.run("UPDATE table_claims SET expires_at = now() - interval '1 second'", &[]).await.expect("age claim");
     drop(c);
     let (s, v) = t.hold(Some(vec![table]), START, 2).await;
     assert_eq!(s, 201, "an expired hold blocked a new one: {v}");
@@ -204,7 +205,7 @@ async fn confirm_books_atomically_writes_the_outbox_and_blocks_others() {
     assert_eq!(t.count("SELECT count(*) FROM table_claims WHERE active AND kind = 'hold'").await, 0);
     let c = t.db.pool.get().await.expect("conn");
     let payload: Value = c
-        .query_one("SELECT payload FROM email_outbox WHERE email_type = 'booking_confirmed'", &[])
+        .fetch_one("SELECT payload FROM email_outbox WHERE email_type = 'booking_confirmed'", &[])
         .await
         .expect("outbox row")
         .get(0);
@@ -343,7 +344,7 @@ async fn a_hold_with_incomplete_metadata_is_refused_at_confirm() {
     let (_, h) = t.hold(None, START, 2).await;
     let c = t.db.pool.get().await.expect("conn");
     // A legacy hold, written before metadata was required.
-    c.execute("UPDATE holds SET policy_hash = NULL, selection_snapshot = NULL", &[]).await.expect("legacy");
+    c.run("UPDATE holds SET policy_hash = NULL, selection_snapshot = NULL", &[]).await.expect("legacy");
     drop(c);
     let (s, v) = t.call("POST", &format!("/holds/{}/confirm", h["hold_id"].as_str().expect("id")), Ctx::guest()).await;
     assert_eq!(s, 422, "{v}");
@@ -512,7 +513,7 @@ async fn database_outage_is_a_503_with_retry_after() {
     // Nothing listens on port 9: the database is "gone".
     let pool = holdfast_adapters::db::pool_from_url("postgres://holdfast@127.0.0.1:9/none", 2).expect("pool");
     let ssm = aws_sdk_ssm::Client::new(&aws.sdk);
-    let flags = Arc::new(FlagLoader::new(
+    let flags = Arc::new(FlagLoader::unrecorded(
         ssm,
         holdfast_shared::flags::Environment::Dev,
         format!("/{}/dev", aws.prefix),
@@ -530,7 +531,8 @@ async fn database_outage_is_a_503_with_retry_after() {
 #[tokio::test]
 async fn hold_writes_are_refused_when_the_constraint_is_missing() {
     let t = Ctx::new().await;
-    let c = t.db.pool.get().await.expect("conn");
+    let owner = t.db.owner_pool(); // DDL: only the schema owner can lose the constraint
+    let c = owner.get().await.expect("conn");
     c.batch_execute("ALTER TABLE table_claims DROP CONSTRAINT table_claims_no_overlap").await.expect("drop");
     drop(c);
     let svc = Ctx::service(&t.db, &t.aws); // a fresh container: cold-start check
@@ -567,7 +569,7 @@ async fn no_guest_pii_reaches_events() {
     let (s, _) = t.call("POST", &format!("/holds/{}/confirm", h["hold_id"].as_str().expect("id")), Ctx::guest()).await;
     assert_eq!(s, 200);
     let c = t.db.pool.get().await.expect("conn");
-    let rows = c.query("SELECT context::text FROM observability_events", &[]).await.expect("events");
+    let rows = c.fetch("SELECT context::text FROM observability_events", &[]).await.expect("events");
     assert!(rows.len() >= 2);
     for r in rows {
         let text: String = r.get(0);
@@ -625,7 +627,7 @@ async fn backfill_repairs_legacy_holds_so_they_can_be_confirmed() {
     let t = Ctx::new().await;
     let (_, h) = t.hold(None, START, 2).await;
     let c = t.db.pool.get().await.expect("conn");
-    c.execute(
+    c.run(
         "UPDATE holds SET policy_hash = NULL, policy_version = NULL, selection_snapshot = NULL, table_ids = '{}'",
         &[],
     )

@@ -2,6 +2,7 @@
 //! through the holds API's real handler and API Gateway v2 request shapes.
 
 use holdfast_adapters::flags::FlagLoader;
+use holdfast_adapters::sql::Sql;
 use holdfast_shared::ids::RestaurantId;
 use holdfast_shared::policy::{BookingPolicy, GuestLimits};
 use holdfast_tests::{api_request, response_json, TestAws, TestDb};
@@ -34,7 +35,8 @@ impl Ctx {
         drop(c);
         let ssm = aws_sdk_ssm::Client::new(&aws.sdk);
         let prefix = format!("/{}/dev", aws.prefix);
-        let flags = FlagLoader::new(ssm, holdfast_shared::flags::Environment::Dev, prefix, Duration::from_secs(30));
+        let flags =
+            FlagLoader::unrecorded(ssm, holdfast_shared::flags::Environment::Dev, prefix, Duration::from_secs(30));
         let svc = HoldsService::new(db.pool.clone(), Arc::new(flags));
         Ctx { db, _aws: aws, svc, restaurant, policy }
     }
@@ -57,7 +59,7 @@ impl Ctx {
     }
 
     async fn count(&self, sql: &str) -> i64 {
-        self.db.pool.get().await.expect("conn").query_one(sql, &[]).await.expect("count").get(0)
+        self.db.pool.get().await.expect("conn").fetch_one(sql, &[]).await.expect("count").get(0)
     }
 
     fn staff_of(&self, r: RestaurantId, name: &str) -> String {
@@ -116,7 +118,7 @@ async fn someone_elses_hold_is_not_found_on_every_route_including_replays() {
             .get()
             .await
             .expect("conn")
-            .query_one("SELECT owner_subject FROM bookings", &[])
+            .fetch_one("SELECT owner_subject FROM bookings", &[])
             .await
             .expect("booking")
             .get(0);
@@ -133,7 +135,7 @@ async fn holds_without_an_owner_are_for_staff_and_ops_only() {
     let id = h["hold_id"].as_str().expect("id").to_string();
     // What the migration leaves for holds written before owners were stored.
     let c = t.db.pool.get().await.expect("conn");
-    c.execute("UPDATE holds SET owner_subject = NULL", &[]).await.expect("legacy");
+    c.run("UPDATE holds SET owner_subject = NULL", &[]).await.expect("legacy");
     let path = format!("/holds/{id}");
     for (who, want) in
         [("alice".to_string(), 404), (t.staff_of(t.restaurant, "sam"), 200), ("olga;groups=holdfast-ops".into(), 200)]
@@ -164,7 +166,7 @@ async fn the_fifth_live_hold_is_a_429_with_retry_after_and_writes_nothing() {
     assert_eq!(s, 201, "{v}");
     let c = t.db.pool.get().await.expect("conn");
     let first: uuid::Uuid =
-        c.query_one("SELECT id FROM holds WHERE owner_subject = 'alice' LIMIT 1", &[]).await.expect("hold").get(0);
+        c.fetch_one("SELECT id FROM holds WHERE owner_subject = 'alice' LIMIT 1", &[]).await.expect("hold").get(0);
     let (s, _) = t.call(Some("alice"), "DELETE", &format!("/holds/{first}"), &Value::Null, &[]).await;
     assert_eq!(s, 200);
     let (s, v) = t.call(Some("alice"), "POST", "/holds", &t.hold_body(6, "19:00"), &[]).await;

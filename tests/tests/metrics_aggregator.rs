@@ -9,6 +9,7 @@
 use aws_sdk_cloudwatch::types::{Dimension, Statistic};
 use chrono::{DateTime, Duration, Utc};
 use holdfast_adapters::config::Config;
+use holdfast_adapters::sql::Sql;
 use holdfast_shared::metrics::window_start_of;
 use holdfast_tests::{TestAws, TestDb};
 use http_body_util::{BodyExt, Full};
@@ -217,7 +218,7 @@ impl Fixture {
         booking: Option<Uuid>,
     ) {
         let c = self.db.pool.get().await.expect("conn");
-        c.execute(
+        c.run(
             "INSERT INTO observability_events (created_at, source, event_type, severity, restaurant_id, booking_id, context)
              VALUES ($1, 'holds-api', $2, 'info', $3, $4, $5)",
             &[&at, &event_type, &restaurant, &booking, &context],
@@ -267,7 +268,7 @@ impl Fixture {
 
     async fn publication_states(&self) -> Vec<(String, DateTime<Utc>, String, String, i32)> {
         let c = self.db.pool.get().await.expect("conn");
-        c.query(
+        c.fetch(
             "SELECT kind, window_start, sink, status, attempts FROM metrics_publications ORDER BY kind, window_start, sink",
             &[],
         )
@@ -322,7 +323,8 @@ const DEV: (&str, &str) = ("Environment", "dev");
 async fn publishes_exact_numbers_for_a_known_event_set() {
     let f = Fixture::new().await;
     f.insert_known_set().await;
-    // Gauges: two DLQ messages, one due outbox row a minute old, one deferred (not lag).
+    // Gauges: two DLQ messages, one due outbox row a minute old, one deferred (not lag), one
+    // the relay gave up on an hour ago (dead: neither pending nor lag, counted on its own).
     let sqs = aws_sdk_sqs::Client::new(&f.aws.sdk);
     for i in 0..2 {
         sqs.send_message().queue_url(&f.dlq_url).message_body(format!("{{\"n\":{i}}}")).send().await.expect("dlq");
@@ -331,13 +333,20 @@ async fn publishes_exact_numbers_for_a_known_event_set() {
     {
         let c = f.db.pool.get().await.expect("conn");
         for (key, due) in [("k1", now - Duration::seconds(60)), ("k2", now + Duration::minutes(30))] {
-            c.execute(
+            c.run(
                 "INSERT INTO email_outbox (id, dedupe_key, email_type, payload, not_before) VALUES ($1, $2, 'reminder', '{}', $3)",
                 &[&Uuid::new_v4(), &key, &due],
             )
             .await
             .expect("outbox row");
         }
+        c.run(
+            "INSERT INTO email_outbox (id, dedupe_key, email_type, payload, not_before, attempts, last_error, dead_at)
+             VALUES ($1, 'k3', 'reminder', '{}', $2, 10, 'sqs_refused', $2)",
+            &[&Uuid::new_v4(), &(now - Duration::hours(1))],
+        )
+        .await
+        .expect("dead outbox row");
     }
 
     let agg = f.aggregator();
@@ -392,6 +401,7 @@ async fn publishes_exact_numbers_for_a_known_event_set() {
     assert_eq!(f.cw_stat("DlqDepth", &[DEV], minute).await, (2.0, 1.0));
     assert_eq!(f.cw_stat("OutboxPending", &[DEV], minute).await, (1.0, 1.0));
     assert_eq!(f.cw_stat("OutboxLagSeconds", &[DEV], minute).await, (60.0, 1.0));
+    assert_eq!(f.cw_stat("OutboxDeadRows", &[DEV], minute).await, (1.0, 1.0));
     assert_eq!(f.cw_stat("StrictRolloutPercent", &[DEV], minute).await.1, 1.0);
 
     // Datadog got the same numbers: names, types, tags, points.
@@ -474,7 +484,7 @@ async fn overlapping_runs_do_not_double_publish() {
     {
         let mut c = f.db.pool.get().await.expect("conn");
         let tx = c.transaction().await.expect("tx");
-        tx.query_one("SELECT 1 FROM metrics_cursor WHERE id FOR UPDATE", &[]).await.expect("lock cursor");
+        tx.fetch_one("SELECT 1 FROM metrics_cursor WHERE id FOR UPDATE", &[]).await.expect("lock cursor");
         let blocked = f.aggregator().run_once(now).await.expect("blocked run");
         assert!(blocked.cursor_busy);
         assert_eq!(blocked.windows_closed, 0);
@@ -510,7 +520,7 @@ async fn overlapping_runs_do_not_double_publish() {
     let r = first.run_once_with_budget(later, std::time::Duration::ZERO).await.expect("close only");
     assert_eq!(r.windows_closed, 1);
     let locked = tx
-        .query("SELECT sink FROM metrics_publications WHERE status = 'pending' AND kind = 'events' FOR UPDATE", &[])
+        .fetch("SELECT sink FROM metrics_publications WHERE status = 'pending' AND kind = 'events' FOR UPDATE", &[])
         .await
         .expect("lock publications");
     assert_eq!(locked.len(), 2, "cloudwatch and datadog pending for the new window");
@@ -629,7 +639,7 @@ async fn pii_in_every_context_field_never_reaches_a_sink() {
     assert!(series.iter().any(|(m, _)| m == "ErrorsByCode"));
     check("CloudWatch series", &format!("{series:?}"));
     let c = f.db.pool.get().await.expect("conn");
-    for r in c.query("SELECT datums::text FROM metrics_batches", &[]).await.expect("batches") {
+    for r in c.fetch("SELECT datums::text FROM metrics_batches", &[]).await.expect("batches") {
         check("stored datums", &r.get::<_, String>(0));
     }
     // The bucketed values are what remains of the PII-shaped codes.
@@ -673,8 +683,8 @@ async fn a_window_waits_for_a_transaction_that_began_inside_it() {
                   VALUES ('holds-api', 'hold.created', 'info', '{}')";
     let mut slow = f.db.pool.get().await.expect("conn");
     let tx = slow.transaction().await.expect("tx");
-    tx.execute(insert, &[]).await.expect("slow row (id n, uncommitted)");
-    f.db.pool.get().await.expect("conn").execute(insert, &[]).await.expect("quick row (id n+1, committed)");
+    tx.run(insert, &[]).await.expect("slow row (id n, uncommitted)");
+    f.db.pool.get().await.expect("conn").run(insert, &[]).await.expect("quick row (id n+1, committed)");
 
     let later = Utc::now() + Duration::minutes(5);
     let held = agg.run_once(later).await.expect("run while the transaction is open");
@@ -685,7 +695,7 @@ async fn a_window_waits_for_a_transaction_that_began_inside_it() {
     assert!(closed.windows_closed >= 1, "{closed:?}");
     let c = f.db.pool.get().await.expect("conn");
     let counted: i64 = c
-        .query_one("SELECT COALESCE(sum(event_count), 0)::bigint FROM metrics_batches WHERE kind = 'events'", &[])
+        .fetch_one("SELECT COALESCE(sum(event_count), 0)::bigint FROM metrics_batches WHERE kind = 'events'", &[])
         .await
         .expect("sum")
         .get(0);
@@ -729,7 +739,7 @@ async fn large_windows_stream_in_batches_and_stay_exact() {
     let n: i64 = 50_001;
     {
         let c = f.db.pool.get().await.expect("conn");
-        c.execute(
+        c.run(
             "INSERT INTO observability_events (created_at, source, event_type, severity, context)
              SELECT $1::timestamptz + (i * 180000.0 / $2::float8) * interval '1 millisecond', 'holds-api',
                     'hold.created', 'info', jsonb_build_object('duration_ms', i % 100)
@@ -746,7 +756,7 @@ async fn large_windows_stream_in_batches_and_stay_exact() {
     for w in 0..3 {
         let at = f.t0 + Duration::minutes(w);
         let row = c
-            .query_one(
+            .fetch_one(
                 "SELECT count(*)::float8, COALESCE(sum((context->>'duration_ms')::int), 0)::float8
                    FROM observability_events WHERE created_at >= $1 AND created_at < $1 + interval '1 minute'",
                 &[&at],

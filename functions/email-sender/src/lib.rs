@@ -1,7 +1,8 @@
 //! The email sender (SQS-triggered) and the outbox relay (scheduled), with their providers.
 //!
 //! - [`handler::EmailSender`]: one SQS batch in, a partial batch response out. Idempotent per
-//!   dedupe key through the `email_sends` ledger (one claim statement per batch), deferrals
+//!   dedupe key through the `email_sends` ledger (one claim statement per batch, which also
+//!   records each attempt before it is made; an unknown SES outcome is suppressed, not resent), deferrals
 //!   re-queued hop by hop (≤ 900 s each), transient failures backed off by visibility timeout,
 //!   permanent ones recorded, a panic isolated to its record.
 //! - [`relay::OutboxRelay`]: publishes the transactional outbox to the queue.
@@ -46,6 +47,13 @@ pub fn flag_selected_provider(
     ))
 }
 
+/// The sender's flag loader: contradictions it reads are recorded as the email sender's.
+fn flag_loader(cfg: &Config, ssm: aws_sdk_ssm::Client, pool: &Pool) -> Arc<FlagLoader> {
+    let recorder = holdfast_adapters::events::EventRecorder::new(pool.clone());
+    let source = holdfast_shared::events::Source::EmailSender;
+    Arc::new(FlagLoader::new(ssm, cfg.environment, cfg.ssm_prefix.clone(), FLAG_TTL, recorder, source))
+}
+
 /// Everything the Lambda builds once per container.
 pub async fn build_sender(cfg: &Config) -> Result<EmailSender, EmailError> {
     let queue_url = cfg.email_queue_url.clone().ok_or(EmailError::MissingSetting("EMAIL_QUEUE_URL"))?;
@@ -53,8 +61,7 @@ pub async fn build_sender(cfg: &Config) -> Result<EmailSender, EmailError> {
     let sdk = holdfast_adapters::aws::sdk_config().await;
     let ssm = aws_sdk_ssm::Client::new(&sdk);
     let pool = holdfast_adapters::db::pool_from_config(cfg, &ssm).await?;
-    let flags = Arc::new(FlagLoader::new(ssm, cfg.environment, cfg.ssm_prefix.clone(), FLAG_TTL));
-    let provider = flag_selected_provider(cfg, &sdk, flags);
+    let provider = flag_selected_provider(cfg, &sdk, flag_loader(cfg, ssm, &pool));
     Ok(EmailSender::new(
         SendStore::new(pool),
         provider,
@@ -104,8 +111,7 @@ pub async fn run_local_consumer(
     let pair = sqs::create_queue_pair(&sqs_client, &queue, &dlq, 180).await?;
     let from = cfg.ses_from_address.clone().unwrap_or_else(|| "bookings@holdfast.local".into());
     ensure_ses_identity(&sdk, &from).await?;
-    let flags =
-        Arc::new(FlagLoader::new(aws_sdk_ssm::Client::new(&sdk), cfg.environment, cfg.ssm_prefix.clone(), FLAG_TTL));
+    let flags = flag_loader(cfg, aws_sdk_ssm::Client::new(&sdk), &pool);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let sender = EmailSender::new(
         SendStore::new(pool.clone()),

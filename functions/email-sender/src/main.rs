@@ -6,9 +6,11 @@ use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    holdfast_adapters::telemetry::init_json_logs();
+    holdfast_adapters::telemetry::init_lambda_logs();
     let sender = email_sender::build_sender(&Config::from_env()?).await?;
     let sender = &sender;
-    run(service_fn(move |ev: LambdaEvent<SqsEvent>| async move { Ok::<_, Error>(sender.handle(ev.payload).await) }))
-        .await
+    run(service_fn(move |ev: LambdaEvent<SqsEvent>| async move {
+        Ok::<_, Error>(sender.handle_in(Some(&ev.context), ev.payload).await)
+    }))
+    .await
 }

@@ -2,6 +2,12 @@
 //!
 //! Errors carry machine codes only (`ses_throttled`, `http_503`, …), never the provider's
 //! message: a provider may echo the recipient address back in its error text.
+//!
+//! A failure is one of three kinds ([`SendError`]): transient (certainly not sent: refused
+//! before the request went out, throttled), permanent (refused for good), or ambiguous (the
+//! request may have been accepted: a timeout after sending, a 5xx, the connection lost). Only a
+//! provider that deduplicates by idempotency key ([`EmailProvider::dedupe_window`], Resend) may
+//! be retried after an ambiguous outcome; the handler suppresses SES resends instead.
 
 use futures::future::BoxFuture;
 use holdfast_adapters::flags::FlagLoader;
@@ -10,6 +16,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::OnceCell;
+use uuid::Uuid;
+
+/// The SES message tag that carries the attempt id (`email_send_attempts.attempt_id`), so an
+/// operator can match an ambiguous attempt against SES's own event stream.
+pub const ATTEMPT_TAG: &str = "holdfast_attempt";
+
+/// How long Resend remembers an `Idempotency-Key` (its documented 24 hours).
+pub const RESEND_IDEMPOTENCY_WINDOW: chrono::Duration = chrono::Duration::hours(24);
 
 /// One email to send. Holds PII (the address, the bodies): its `Debug` redacts them.
 #[derive(Clone)]
@@ -21,24 +35,34 @@ pub struct OutgoingEmail {
     pub html: String,
     /// The job's dedupe key; passed to providers that support idempotency keys.
     pub idempotency_key: String,
+    /// This attempt's id, recorded in the ledger before the send (SES message tag).
+    pub attempt_id: Uuid,
 }
 
 impl std::fmt::Debug for OutgoingEmail {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OutgoingEmail").field("idempotency_key", &self.idempotency_key).finish_non_exhaustive()
+        f.debug_struct("OutgoingEmail")
+            .field("idempotency_key", &self.idempotency_key)
+            .field("attempt_id", &self.attempt_id)
+            .finish_non_exhaustive()
     }
 }
 
 /// Why a send failed. The code is a valid event code (`[a-z][a-z0-9_.]*`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
-    /// Worth retrying: throttling, 5xx, timeouts, the provider unreachable, account-level
-    /// problems that an operator fixes before redriving the DLQ.
+    /// Certainly not sent, worth retrying: throttling, the provider unreachable (refused before
+    /// the request went out), account-level problems that an operator fixes before redriving
+    /// the DLQ.
     #[error("transient: {0}")]
     Transient(String),
     /// Retrying cannot help: invalid address, validation errors, unknown booking.
     #[error("permanent: {0}")]
     Permanent(String),
+    /// The request went out and no answer says whether it was accepted: a timeout after
+    /// sending, a 5xx, the connection lost mid-request. A blind retry may send twice.
+    #[error("ambiguous: {0}")]
+    Ambiguous(String),
 }
 
 impl SendError {
@@ -48,13 +72,19 @@ impl SendError {
     pub fn permanent(code: &str) -> Self {
         Self::Permanent(code.to_string())
     }
+    pub fn ambiguous(code: &str) -> Self {
+        Self::Ambiguous(code.to_string())
+    }
     pub fn code(&self) -> &str {
         match self {
-            Self::Transient(c) | Self::Permanent(c) => c,
+            Self::Transient(c) | Self::Permanent(c) | Self::Ambiguous(c) => c,
         }
     }
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Transient(_))
+    }
+    pub fn is_ambiguous(&self) -> bool {
+        matches!(self, Self::Ambiguous(_))
     }
 }
 
@@ -66,8 +96,20 @@ pub struct Receipt {
 }
 
 pub trait EmailProvider: Send + Sync {
+    /// Recorded with each attempt (`[a-z][a-z0-9_-]{0,31}`).
     fn name(&self) -> &'static str;
     fn send<'a>(&'a self, email: &'a OutgoingEmail) -> BoxFuture<'a, Result<Receipt, SendError>>;
+    /// How long the provider drops a repeat of a request with the same `idempotency_key`
+    /// (Resend: 24 h). `None` (SES): a retry after an ambiguous outcome may send twice.
+    fn dedupe_window(&self) -> Option<chrono::Duration> {
+        None
+    }
+    /// The provider that carries a send made now: `None` when this one sends itself; a router
+    /// (the flag-selected provider) answers with its current choice, so the attempt is recorded
+    /// under the provider that really sends it.
+    fn route<'a>(&'a self) -> BoxFuture<'a, Result<Option<&'a dyn EmailProvider>, SendError>> {
+        Box::pin(async { Ok(None) })
+    }
 }
 
 pub use holdfast_shared::email::plausible_address;
@@ -80,12 +122,17 @@ pub struct SesProvider {
 }
 
 impl SesProvider {
+    /// The client's own retries are turned off: the SDK would repeat a `SendEmail` after a
+    /// timeout or a 5xx, which is exactly the blind resend that can deliver twice. The queue
+    /// retries what is certainly unsent; the handler decides about the rest.
     pub fn new(client: aws_sdk_sesv2::Client) -> Self {
-        Self { client }
+        use aws_sdk_sesv2::config::retry::RetryConfig;
+        let conf = client.config().to_builder().retry_config(RetryConfig::disabled()).build();
+        Self { client: aws_sdk_sesv2::Client::from_conf(conf) }
     }
 
     async fn send_inner(&self, e: &OutgoingEmail) -> Result<Receipt, SendError> {
-        use aws_sdk_sesv2::types::{Body, Content, Destination, EmailContent, Message};
+        use aws_sdk_sesv2::types::{Body, Content, Destination, EmailContent, Message, MessageTag};
         let content = |data: &str| {
             Content::builder().data(data).charset("UTF-8").build().map_err(|_| SendError::permanent("render_invalid"))
         };
@@ -93,12 +140,18 @@ impl SesProvider {
             .subject(content(&e.subject)?)
             .body(Body::builder().text(content(&e.text)?).html(content(&e.html)?).build())
             .build();
+        let tag = MessageTag::builder()
+            .name(ATTEMPT_TAG)
+            .value(e.attempt_id.to_string())
+            .build()
+            .map_err(|_| SendError::permanent("ses_tag_invalid"))?;
         let out = self
             .client
             .send_email()
             .from_email_address(&e.from)
             .destination(Destination::builder().to_addresses(&e.to).build())
             .content(EmailContent::builder().simple(message).build())
+            .email_tags(tag)
             .send()
             .await
             .map_err(classify_ses)?;
@@ -120,14 +173,17 @@ type SesSendError = aws_sdk_sesv2::error::SdkError<
     aws_sdk_sesv2::config::http::HttpResponse,
 >;
 
-/// SES errors → transient/permanent.
+/// SES errors → transient/permanent/ambiguous. Only a failure to connect proves the request
+/// never left; a timeout, a lost connection, an unreadable answer or a 5xx may follow SES
+/// accepting the email.
 pub fn classify_ses(e: SesSendError) -> SendError {
     use aws_sdk_sesv2::error::{ProvideErrorMetadata, SdkError};
     use aws_sdk_sesv2::operation::send_email::SendEmailError as E;
     match &e {
-        SdkError::TimeoutError(_) => SendError::transient("ses_timeout"),
-        SdkError::DispatchFailure(_) => SendError::transient("ses_unreachable"),
-        SdkError::ResponseError(_) => SendError::transient("ses_bad_response"),
+        SdkError::TimeoutError(_) => SendError::ambiguous("ses_timeout"),
+        SdkError::DispatchFailure(_) if never_connected(&e) => SendError::transient("ses_unreachable"),
+        SdkError::DispatchFailure(_) => SendError::ambiguous("ses_connection_lost"),
+        SdkError::ResponseError(_) => SendError::ambiguous("ses_bad_response"),
         SdkError::ServiceError(se) => {
             let status = se.raw().status().as_u16();
             match se.err() {
@@ -141,7 +197,7 @@ pub fn classify_ses(e: SesSendError) -> SendError {
                 E::BadRequestException(_) => SendError::permanent("ses_bad_request"),
                 E::NotFoundException(_) => SendError::permanent("ses_not_found"),
                 other => match (status, other.code()) {
-                    (s, _) if s >= 500 => SendError::transient("ses_5xx"),
+                    (s, _) if s >= 500 => SendError::ambiguous("ses_5xx"),
                     (_, Some("Throttling" | "ThrottlingException" | "RequestTimeout")) => {
                         SendError::transient("ses_throttled")
                     }
@@ -149,8 +205,29 @@ pub fn classify_ses(e: SesSendError) -> SendError {
                 },
             }
         }
+        // The request could not even be built: nothing went out.
         _ => SendError::transient("ses_error"),
     }
+}
+
+/// Whether the error chain says the connection was never made (refused, no route, DNS, connect
+/// timeout): then the request cannot have reached the provider.
+pub fn never_connected(e: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind;
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if err.downcast_ref::<hyper_util::client::legacy::Error>().is_some_and(|h| h.is_connect()) {
+            return true;
+        }
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| matches!(io.kind(), ErrorKind::ConnectionRefused | ErrorKind::AddrNotAvailable))
+        {
+            return true;
+        }
+        next = err.source();
+    }
+    false
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -201,6 +278,9 @@ impl ResendProvider {
         struct Resp {
             id: Option<String>,
         }
+        // The attempt id is deliberately not in the body: Resend answers a repeated
+        // Idempotency-Key with a different payload by refusing it, so a retry must send the
+        // same request.
         let resp = self
             .http
             .post(format!("{}/emails", self.base_url))
@@ -210,12 +290,12 @@ impl ResendProvider {
             .send()
             .await
             .map_err(|err| {
-                if err.is_timeout() {
-                    SendError::transient("resend_timeout")
-                } else if err.is_connect() {
+                if err.is_connect() {
                     SendError::transient("resend_unreachable")
+                } else if err.is_timeout() {
+                    SendError::ambiguous("resend_timeout")
                 } else {
-                    SendError::transient("resend_transport")
+                    SendError::ambiguous("resend_transport")
                 }
             })?;
         let status = resp.status().as_u16();
@@ -229,15 +309,16 @@ impl ResendProvider {
     }
 }
 
-/// HTTP status → transient/permanent, for HTTPS providers.
+/// HTTP status → transient/permanent/ambiguous, for HTTPS providers.
 pub fn classify_http(provider: &str, status: u16) -> SendError {
     let code = format!("{provider}_http_{status}");
     match status {
-        // Throttled; an idempotent request still in flight; request timeout.
+        // Throttled; an idempotent request still in flight; request timeout: not processed.
         429 | 409 | 408 => SendError::Transient(code),
         // Bad or missing key: every job fails until an operator fixes it; keep them for redrive.
         401 | 403 => SendError::Transient(code),
-        500..=599 => SendError::Transient(code),
+        // The server failed somewhere after receiving the request: it may have sent it.
+        500..=599 => SendError::Ambiguous(code),
         // 400/404/422…: validation (invalid address, bad payload). Retrying cannot help.
         _ => SendError::Permanent(code),
     }
@@ -249,6 +330,9 @@ impl EmailProvider for ResendProvider {
     }
     fn send<'a>(&'a self, email: &'a OutgoingEmail) -> BoxFuture<'a, Result<Receipt, SendError>> {
         Box::pin(self.send_inner(email))
+    }
+    fn dedupe_window(&self) -> Option<chrono::Duration> {
+        Some(RESEND_IDEMPOTENCY_WINDOW)
     }
 }
 
@@ -302,10 +386,11 @@ impl FlagSelectedProvider {
         Self { flags, ses, resend_param, resend_base_url, ssm, resend: OnceCell::new() }
     }
 
-    async fn send_inner(&self, e: &OutgoingEmail) -> Result<Receipt, SendError> {
+    /// The provider the flag selects now.
+    async fn choose(&self) -> Result<&dyn EmailProvider, SendError> {
         let choice = self.flags.get().await.set.email_provider().to_string();
         if choice != "resend" {
-            return self.ses.send(e).await;
+            return Ok(&self.ses);
         }
         let Some(param) = self.resend_param.as_deref() else {
             return Err(SendError::transient("resend_unconfigured"));
@@ -318,7 +403,7 @@ impl FlagSelectedProvider {
                 tracing::error!(error = %msg, "Resend provider unavailable");
                 SendError::transient("resend_key_unavailable")
             })?;
-        resend.send(e).await
+        Ok(resend)
     }
 }
 
@@ -327,7 +412,10 @@ impl EmailProvider for FlagSelectedProvider {
         "flag-selected"
     }
     fn send<'a>(&'a self, email: &'a OutgoingEmail) -> BoxFuture<'a, Result<Receipt, SendError>> {
-        Box::pin(self.send_inner(email))
+        Box::pin(async move { self.choose().await?.send(email).await })
+    }
+    fn route<'a>(&'a self) -> BoxFuture<'a, Result<Option<&'a dyn EmailProvider>, SendError>> {
+        Box::pin(async move { self.choose().await.map(Some) })
     }
 }
 
@@ -337,11 +425,15 @@ mod tests {
 
     #[test]
     fn http_statuses_classify() {
-        for s in [429, 409, 408, 401, 403, 500, 502, 503] {
+        for s in [429, 409, 408, 401, 403] {
             assert!(classify_http("resend", s).is_transient(), "{s}");
         }
+        for s in [500, 502, 503, 504] {
+            assert!(classify_http("resend", s).is_ambiguous(), "{s}");
+        }
         for s in [400, 404, 422] {
-            assert!(!classify_http("resend", s).is_transient(), "{s}");
+            let e = classify_http("resend", s);
+            assert!(!e.is_transient() && !e.is_ambiguous(), "{s}");
         }
         assert_eq!(classify_http("resend", 503).code(), "resend_http_503");
         assert!(holdfast_shared::events::is_valid_code(classify_http("resend", 422).code()));
@@ -370,6 +462,7 @@ mod tests {
             text: "Jane".into(),
             html: "Jane".into(),
             idempotency_key: "k".into(),
+            attempt_id: Uuid::nil(),
         };
         assert!(!format!("{e:?}").contains("jane"));
     }

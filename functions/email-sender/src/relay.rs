@@ -8,12 +8,19 @@ use crate::clock::Clock;
 use crate::error::EmailError;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Pool, Transaction};
+use holdfast_adapters::sql::Sql;
+use holdfast_adapters::telemetry::{self, FunctionTelemetry};
+use holdfast_shared::correlation::CorrelationId;
 use holdfast_shared::email::{self, EmailJob, MAX_SQS_DELAY_SECONDS};
 use holdfast_shared::events::{Code, EventContext, EventType, ObservabilityEvent, Operation, Outcome, Source};
 use holdfast_shared::ids::{BookingId, RestaurantId};
 use std::collections::HashSet;
 use std::sync::Arc;
+use tracing::Instrument;
 use uuid::Uuid;
+
+/// The SQS message attribute that carries a job's correlation id to the email sender.
+pub const CORRELATION_ATTRIBUTE: &str = "correlation_id";
 
 /// Rows dead after this many refusals by SQS (docs/runbooks/email.md: dead rows, and reviving
 /// them once the cause is fixed).
@@ -24,7 +31,7 @@ const PAGE: i64 = 100;
 const MAX_PAGES: usize = 20;
 
 const DUE_SQL: &str = "
-SELECT id, payload, not_before, email_type, booking_id, restaurant_id FROM email_outbox
+SELECT id, payload, not_before, email_type, booking_id, restaurant_id, correlation_id FROM email_outbox
 WHERE published_at IS NULL AND dead_at IS NULL AND not_before <= $1
 ORDER BY not_before, created_at LIMIT $2
 FOR UPDATE SKIP LOCKED";
@@ -53,6 +60,7 @@ pub struct OutboxRelay {
     sqs: aws_sdk_sqs::Client,
     queue_url: String,
     clock: Arc<dyn Clock>,
+    telemetry: FunctionTelemetry,
 }
 
 struct Row {
@@ -63,6 +71,8 @@ struct Row {
     email_type: String,
     booking_id: Option<Uuid>,
     restaurant_id: Option<Uuid>,
+    /// The booking's correlation id (`None`: a row written before V13, or about no booking).
+    correlation: Option<CorrelationId>,
 }
 
 enum Published {
@@ -81,11 +91,21 @@ struct Attempts {
 
 impl OutboxRelay {
     pub fn new(pool: Pool, sqs: aws_sdk_sqs::Client, queue_url: String, clock: Arc<dyn Clock>) -> Self {
-        Self { pool, sqs, queue_url, clock }
+        Self { pool, sqs, queue_url, clock, telemetry: FunctionTelemetry::new("outbox-relay") }
     }
 
-    /// One tick: publish everything due (or due within SQS's 15-minute delay window).
+    /// One tick off Lambda (local runner, tests, tools): [`Self::tick_in`] without a context.
     pub async fn tick(&self) -> Result<RelayReport, EmailError> {
+        self.tick_in(None).await
+    }
+
+    /// One tick: publish everything due (or due within SQS's 15-minute delay window), in the
+    /// invocation's span (`lambda`: the invocation's context).
+    pub async fn tick_in(&self, lambda: Option<&lambda_runtime::Context>) -> Result<RelayReport, EmailError> {
+        self.tick_inner().instrument(self.telemetry.invocation(lambda, None)).await
+    }
+
+    async fn tick_inner(&self) -> Result<RelayReport, EmailError> {
         let mut report = RelayReport::default();
         for _ in 0..MAX_PAGES {
             let n = self.page(&mut report).await?;
@@ -110,25 +130,28 @@ impl OutboxRelay {
         let now = self.clock.now();
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let rows = due_rows(&tx, now).await?;
+        let rows = telemetry::timed("db.outbox_due", due_rows(&tx, now)).await?;
         if rows.is_empty() {
             return Ok(0);
         }
         let attempts = self.attempt(&rows, report).await;
         if !attempts.published.is_empty() {
-            tx.execute(
+            tx.run(
                 "UPDATE email_outbox SET published_at = $2, last_error = NULL WHERE id = ANY($1)",
                 &[&attempts.published, &now],
             )
             .await?;
         }
         let mut events = record_refusals(&tx, &rows, &attempts.refused, now, report).await?;
+        for row in rows.iter().filter(|r| attempts.published.contains(&r.id)) {
+            // One line and one event per row, in the row's booking's correlation.
+            let span = telemetry::correlated("outbox_row", row.correlation.as_ref());
+            tracing::info!(parent: &span, outbox_id = %row.id, email_type = %row.email_type, "outbox row published");
+            events.push(published_event(row));
+        }
         if !attempts.waiting.is_empty() && report.sqs_unavailable {
-            tx.execute(
-                "UPDATE email_outbox SET last_error = 'sqs_unavailable' WHERE id = ANY($1)",
-                &[&attempts.waiting],
-            )
-            .await?;
+            tx.run("UPDATE email_outbox SET last_error = 'sqs_unavailable' WHERE id = ANY($1)", &[&attempts.waiting])
+                .await?;
             if let Some(first) = rows.iter().find(|r| r.id == attempts.waiting[0]) {
                 // One event per tick (not per row): the outage, not the rows, is the news.
                 events.push(relay_event(EventType::EmailRetried, first, 1, "sqs_unavailable"));
@@ -184,17 +207,16 @@ impl OutboxRelay {
                 .id(format!("r{i}"))
                 .message_body(rows[i].body.clone().unwrap_or_default())
                 .delay_seconds(i32::try_from(rows[i].delay).unwrap_or(0))
+                .set_message_attributes(rows[i].correlation.as_ref().map(correlation_attribute))
                 .build()
                 .map_err(|_| "sqs_entry_invalid".to_string())?;
             entries.push(entry);
         }
-        let out =
-            self.sqs.send_message_batch().queue_url(&self.queue_url).set_entries(Some(entries)).send().await.map_err(
-                |e| {
-                    tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "SendMessageBatch failed");
-                    "sqs_unavailable".to_string()
-                },
-            )?;
+        let batch = self.sqs.send_message_batch().queue_url(&self.queue_url).set_entries(Some(entries)).send();
+        let out = telemetry::timed("sqs.send_message_batch", batch).await.map_err(|e| {
+            tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "SendMessageBatch failed");
+            "sqs_unavailable".to_string()
+        })?;
         let index = |id: &str| id.strip_prefix('r').and_then(|n| n.parse::<usize>().ok());
         let mut res = Vec::new();
         for ok in &out.successful {
@@ -218,7 +240,7 @@ impl OutboxRelay {
 /// now carries its `not_before` in the job, so the sender defers the rest.
 async fn due_rows(tx: &Transaction<'_>, now: DateTime<Utc>) -> Result<Vec<Row>, EmailError> {
     let horizon = now + chrono::Duration::seconds(i64::from(MAX_SQS_DELAY_SECONDS));
-    let rows = tx.query(DUE_SQL, &[&horizon, &PAGE]).await?;
+    let rows = tx.fetch(DUE_SQL, &[&horizon, &PAGE]).await?;
     Ok(rows
         .iter()
         .map(|r| {
@@ -230,6 +252,8 @@ async fn due_rows(tx: &Transaction<'_>, now: DateTime<Utc>) -> Result<Vec<Row>, 
                 }
                 serde_json::to_string(&job).ok()
             });
+            // The column's CHECK has the parser's shape; anything else travels without an id.
+            let correlation = r.get::<_, Option<&str>>(6).and_then(|c| CorrelationId::parse(c).ok());
             Row {
                 id: r.get(0),
                 body,
@@ -237,6 +261,7 @@ async fn due_rows(tx: &Transaction<'_>, now: DateTime<Utc>) -> Result<Vec<Row>, 
                 email_type: r.get(3),
                 booking_id: r.get(4),
                 restaurant_id: r.get(5),
+                correlation,
             }
         })
         .collect())
@@ -256,7 +281,7 @@ async fn record_refusals(
     }
     let ids: Vec<Uuid> = refused.iter().map(|(id, _)| *id).collect();
     let codes: Vec<&str> = refused.iter().map(|(_, c)| c.as_str()).collect();
-    for r in tx.query(REFUSED_SQL, &[&ids, &codes, &OUTBOX_MAX_ATTEMPTS, &now]).await? {
+    for r in tx.fetch(REFUSED_SQL, &[&ids, &codes, &OUTBOX_MAX_ATTEMPTS, &now]).await? {
         let id: Uuid = r.get(0);
         let dead: bool = r.get(1);
         let attempts: i32 = r.get(2);
@@ -271,16 +296,36 @@ async fn record_refusals(
     Ok(events)
 }
 
+/// The message attribute a job's correlation id travels in.
+pub fn correlation_attribute(
+    c: &CorrelationId,
+) -> std::collections::HashMap<String, aws_sdk_sqs::types::MessageAttributeValue> {
+    let value =
+        aws_sdk_sqs::types::MessageAttributeValue::builder().data_type("String").string_value(c.as_str()).build();
+    // Building fails only without a data type, which is set above.
+    value.map(|v| [(CORRELATION_ATTRIBUTE.to_string(), v)].into_iter().collect()).unwrap_or_default()
+}
+
+fn published_event(row: &Row) -> ObservabilityEvent {
+    row_event(EventType::EmailPublished, row, EventContext::new().operation(Operation::Relay).outcome(Outcome::Success))
+}
+
 fn relay_event(et: EventType, row: &Row, attempts: i32, code: &str) -> ObservabilityEvent {
-    let mut ctx = EventContext::new()
+    let ctx = EventContext::new()
         .operation(Operation::Relay)
         .outcome(Outcome::Error)
         .error_code_str(code)
         .attempt(attempts.clamp(1, 50) as u8)
         .max_attempts(OUTBOX_MAX_ATTEMPTS as u8);
+    row_event(et, row, ctx)
+}
+
+/// An `outbox-relay` event about `row`: its email type, booking, restaurant and correlation id.
+fn row_event(et: EventType, row: &Row, mut ctx: EventContext) -> ObservabilityEvent {
     if let Ok(c) = Code::parse(&row.email_type) {
         ctx = ctx.email_type(c);
     }
+    ctx = ctx.correlation_id(row.correlation.clone());
     let mut ev = ObservabilityEvent::new(Source::OutboxRelay, et).context(ctx);
     if let Some(b) = row.booking_id {
         ev = ev.booking(BookingId(b));

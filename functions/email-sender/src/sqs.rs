@@ -5,7 +5,7 @@
 
 use crate::error::EmailError;
 use crate::handler::EmailSender;
-use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage, SqsMessageAttribute};
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName, QueueAttributeName};
 use std::collections::{HashMap, HashSet};
 
@@ -83,6 +83,21 @@ pub fn sqs_event(messages: &[Message], queue_arn: &str, region: &str) -> SqsEven
             r.body = m.body.clone();
             r.md5_of_body = m.md5_of_body.clone();
             r.md5_of_message_attributes = m.md5_of_message_attributes.clone();
+            // String attributes (the job's correlation id) as the event source mapping passes them.
+            r.message_attributes = m
+                .message_attributes
+                .as_ref()
+                .map(|a| {
+                    a.iter()
+                        .map(|(k, v)| {
+                            let mut attr = SqsMessageAttribute::default();
+                            attr.data_type = Some(v.data_type.clone());
+                            attr.string_value = v.string_value.clone();
+                            (k.clone(), attr)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
             r.attributes = m
                 .attributes
                 .as_ref()
@@ -97,7 +112,8 @@ pub fn sqs_event(messages: &[Message], queue_arn: &str, region: &str) -> SqsEven
     ev
 }
 
-/// Receive up to 10 messages with every system attribute (ApproximateReceiveCount, …).
+/// Receive up to 10 messages with every system attribute (ApproximateReceiveCount, …) and
+/// every message attribute (the correlation id).
 pub async fn receive(
     sqs: &aws_sdk_sqs::Client,
     queue_url: &str,
@@ -111,6 +127,7 @@ pub async fn receive(
         .wait_time_seconds(wait_seconds)
         .set_visibility_timeout(visibility_timeout)
         .message_system_attribute_names(MessageSystemAttributeName::All)
+        .message_attribute_names("All")
         .send()
         .await
         .map_err(EmailError::sqs("ReceiveMessage"))?;
@@ -255,8 +272,9 @@ pub async fn redrive_move_task(
     Ok(out.task_handle.unwrap_or_default())
 }
 
-/// Redrive by receive-and-resend: each DLQ message is sent to the queue (same body), and
-/// deleted from the DLQ only after the queue accepted it. Returns how many moved.
+/// Redrive by receive-and-resend: each DLQ message is sent to the queue (same body and message
+/// attributes, so it keeps its correlation id), and deleted from the DLQ only after the queue
+/// accepted it. Returns how many moved.
 pub async fn redrive_resend(
     sqs: &aws_sdk_sqs::Client,
     dlq_url: &str,
@@ -273,6 +291,7 @@ pub async fn redrive_resend(
             sqs.send_message()
                 .queue_url(queue_url)
                 .message_body(m.body.clone().unwrap_or_default())
+                .set_message_attributes(m.message_attributes.clone())
                 .send()
                 .await
                 .map_err(EmailError::sqs("SendMessage"))?;

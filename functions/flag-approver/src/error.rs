@@ -55,6 +55,7 @@ impl ApproverError {
             Self::SsmUnavailable { .. } => "ssm_unavailable",
             Self::ConcurrentUpdate => "concurrent_update",
             Self::Db(f) if f.is_retriable() => "database_unavailable",
+            Self::Db(DbFault::DataException { .. }) => "invalid_input",
             Self::Db(_) => "internal",
         }
     }

@@ -11,6 +11,7 @@
 //! It manages all three environments: environment E lives under `<root>/E` in SSM, where the
 //! root is `HOLDFAST_SSM_ROOT` (default `/holdfast`). See docs/runbooks/feature-flags.md.
 
+pub mod alarms;
 pub mod api;
 pub mod error;
 pub mod service;

@@ -6,8 +6,8 @@
 //!
 //! Holds whose tables cannot be found stay incomplete (reported, never invented).
 
-use deadpool_postgres::GenericClient;
 use holdfast_adapters::db::DbFault;
+use holdfast_adapters::sql::Sql;
 use holdfast_shared::policy::BookingPolicy;
 use serde_json::json;
 use uuid::Uuid;
@@ -20,9 +20,9 @@ pub struct BackfillReport {
 }
 
 /// Repair live (`held`) holds lacking metadata. `dry_run` reports without writing.
-pub async fn backfill_hold_metadata<C: GenericClient>(c: &C, dry_run: bool) -> Result<BackfillReport, DbFault> {
+pub async fn backfill_hold_metadata<C: Sql>(c: &C, dry_run: bool) -> Result<BackfillReport, DbFault> {
     let rows = c
-        .query(
+        .fetch(
             "SELECT h.id, h.restaurant_id, h.created_at,
                     COALESCE(NULLIF(h.table_ids, '{}'),
                              (SELECT array_agg(DISTINCT tc.table_id) FROM table_claims tc WHERE tc.hold_id = h.id)) AS tables,
@@ -54,7 +54,7 @@ pub async fn backfill_hold_metadata<C: GenericClient>(c: &C, dry_run: bool) -> R
             "table_ids": tables,
         });
         if !dry_run {
-            c.execute(
+            c.run(
                 "UPDATE holds SET policy_version = COALESCE(policy_version, $2),
                                   policy_hash = COALESCE(policy_hash, $3),
                                   table_ids = CASE WHEN cardinality(table_ids) = 0 THEN $4 ELSE table_ids END,

@@ -13,8 +13,10 @@ use crate::store::{self, HoldRow, StoredResponse};
 use deadpool_postgres::Transaction;
 use holdfast_adapters::db::{constraints, DbFault};
 use holdfast_adapters::outbox;
+use holdfast_adapters::telemetry::{self, Correlation};
 use holdfast_shared::allocator::{self, PartySize, QuoteRequest, Selection};
 use holdfast_shared::auth::{Action, Caller};
+use holdfast_shared::correlation::CorrelationId;
 use holdfast_shared::email::EmailJob;
 use holdfast_shared::events::{EventType, Operation, Outcome};
 use holdfast_shared::flags::FlagSet;
@@ -50,6 +52,8 @@ pub(crate) struct Loaded {
     policy: BookingPolicy,
     seated: Window,
     blocked: Window,
+    /// The booking's correlation id: the hold's (or, for a hold from before V13, the request's).
+    correlation: CorrelationId,
 }
 
 enum Load {
@@ -83,10 +87,12 @@ impl HoldsService {
         hold: HoldId,
         body: ConfirmBody,
         idem: Option<Idempotency>,
+        corr: &Correlation,
     ) -> Result<Reply<Confirmed>, HoldsError> {
         let mut o = Observed::new(Operation::Confirm);
         o.hold = Some(hold);
-        let (result, path) = self.confirm_inner(&mut o, caller, hold, body, idem.as_ref()).await;
+        o.correlation = Some(corr.id());
+        let (result, path) = self.confirm_inner(&mut o, (caller, corr), hold, body, idem.as_ref()).await;
         match result {
             Ok(reply) => {
                 self.record(&o, EventType::HoldConfirmed, Outcome::Success, None).await;
@@ -108,7 +114,7 @@ impl HoldsService {
     async fn confirm_inner(
         &self,
         o: &mut Observed,
-        caller: &Caller,
+        (caller, corr): (&Caller, &Correlation),
         hold: HoldId,
         body: ConfirmBody,
         idem: Option<&Idempotency>,
@@ -124,7 +130,7 @@ impl HoldsService {
         while let Some(attempt) = attempts.next() {
             o.attempt = attempt;
             let remaining = attempts.remaining();
-            let who = (caller, &guest);
+            let who = (caller, corr, &guest);
             match self.confirm_attempt(o, hold, who, &flags, idem, attempt, remaining, path).await {
                 AttemptEnd::Committed(confirmed, p) => return (Ok(Reply::Fresh(confirmed)), p),
                 AttemptEnd::Replayed(first) => return (Ok(Reply::Replayed(first)), Path::Direct),
@@ -143,7 +149,7 @@ impl HoldsService {
         let (Some(restaurant), Some(version)) = (o.restaurant, o.policy_version) else { return };
         let job = EmailJob::ops_policy_drift(restaurant, version);
         let written = match self.pool.get().await {
-            Ok(c) => outbox::enqueue(&c, &job, chrono::Utc::now()).await.map(|_| ()),
+            Ok(c) => outbox::enqueue_correlated(&c, &job, chrono::Utc::now(), o.correlation.as_ref()).await.map(|_| ()),
             Err(e) => Err(DbFault::from(e)),
         };
         if let Err(e) = written {
@@ -171,7 +177,7 @@ impl HoldsService {
         &self,
         o: &mut Observed,
         hold: HoldId,
-        (caller, guest): (&Caller, &Guest),
+        (caller, corr, guest): (&Caller, &Correlation, &Guest),
         flags: &FlagSet,
         idem: Option<&Idempotency>,
         attempt: u8,
@@ -186,7 +192,7 @@ impl HoldsService {
             Ok(tx) => tx,
             Err(e) => return AttemptEnd::Failed(e.into(), so_far),
         };
-        let loaded = match self.load_live_hold(o, &tx, hold, caller, idem).await {
+        let loaded = match self.load_live_hold(o, &tx, hold, (caller, corr), idem).await {
             Ok(Load::Live(l)) => l,
             Ok(Load::Replay(first)) => return AttemptEnd::Replayed(first),
             Err(e) => return AttemptEnd::Failed(e, so_far),
@@ -200,11 +206,13 @@ impl HoldsService {
         let written = match &plan {
             Plan::Direct => {
                 o.tables = Some(loaded.row.table_ids.len());
-                write::book_held_tables(&tx, &loaded, booking, guest, idem, attempt).await
+                let write = write::book_held_tables(&tx, &loaded, booking, guest, idem, attempt);
+                telemetry::timed("db.confirm_write", write).await
             }
             Plan::Requote(sel) => {
                 o.tables = Some(sel.table_ids.len());
-                write::requote_and_book(&tx, &loaded, booking, sel, guest, idem, attempt).await
+                let write = write::requote_and_book(&tx, &loaded, booking, sel, guest, idem, attempt);
+                telemetry::timed("db.requote_write", write).await
             }
             Plan::NoTable(req) => {
                 drop(tx);
@@ -241,11 +249,15 @@ impl HoldsService {
         o: &mut Observed,
         tx: &Transaction<'_>,
         hold: HoldId,
-        caller: &Caller,
+        (caller, corr): (&Caller, &Correlation),
         idem: Option<&Idempotency>,
     ) -> Result<Load, HoldsError> {
         let row = store::lock_hold(tx, hold).await?.ok_or(HoldsError::NotFound("hold"))?;
         may_act_on(caller, Action::HoldConfirm, &row)?;
+        // One id per booking: the hold's, from here on (the request's own if the hold has none).
+        corr.adopt(row.correlation_id.as_ref());
+        let correlation = corr.id();
+        o.correlation = Some(correlation.clone());
         // The row lock serialises duplicates: one that waited here for a first request with
         // the same Idempotency-Key to commit answers with that request's response.
         if let NextAction::Replay(first) = idempotency::try_processing(tx, idem).await? {
@@ -271,7 +283,7 @@ impl HoldsService {
             }
         }
         let (seated, blocked) = row.windows()?;
-        Ok(Load::Live(Box::new(Loaded { row, meta, policy, seated, blocked })))
+        Ok(Load::Live(Box::new(Loaded { row, meta, policy, seated, blocked, correlation })))
     }
 
     /// Direct if the policy is the one the hold was made under; otherwise re-quote the party

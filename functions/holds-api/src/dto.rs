@@ -4,7 +4,7 @@
 
 use crate::error::HoldsError;
 use holdfast_shared::allocator::PartySize;
-use holdfast_shared::guest::{GuestName, GuestNotes, GuestPhone, GuestTextError};
+use holdfast_shared::guest::{has_forbidden_char, GuestName, GuestNotes, GuestPhone, GuestTextError};
 use holdfast_shared::ids::{RestaurantId, TableId};
 use holdfast_shared::local_time::StartTime;
 use serde::Deserialize;
@@ -51,6 +51,12 @@ pub struct BookingChangeBody {
     #[serde(default)]
     pub party_size: Option<u16>,
 }
+
+/// A cancellation takes no fields: the body may be omitted or `{}`, and anything else is
+/// refused rather than ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancelBody {}
 
 /// Debug is derived but harmless: `GuestBody`'s own Debug redacts.
 #[derive(Debug, Deserialize)]
@@ -101,7 +107,8 @@ impl GuestBody {
     pub fn parse(self) -> Result<Guest, HoldsError> {
         let name = GuestName::parse(&self.name).map_err(guest_field("guest.name"))?;
         let email = self.email.trim().to_string();
-        if !holdfast_shared::email::plausible_address(&email) {
+        // Bidi marks are not controls: plausible_address alone would let them through.
+        if has_forbidden_char(&email, false) || !holdfast_shared::email::plausible_address(&email) {
             return Err(HoldsError::invalid("guest.email", "must be an email address"));
         }
         let phone = GuestPhone::parse(self.phone.as_deref()).map_err(guest_field("guest.phone"))?;
@@ -143,6 +150,9 @@ mod tests {
             let e = body(bad).parse().expect_err(bad);
             assert!(matches!(e, HoldsError::Invalid { field: "guest.email", .. }), "{bad:?}");
         }
+        // A right-to-left override reads as another address; the sender's check would pass it.
+        let e = body("ada@exa\u{202E}moc.elpm").parse().expect_err("bidi");
+        assert!(matches!(e, HoldsError::Invalid { field: "guest.email", .. }));
     }
 
     #[test]

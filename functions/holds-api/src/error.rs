@@ -64,14 +64,20 @@ impl HoldsError {
             Self::TooManyConfirms { .. } => "confirm_rate_limited",
             Self::EnforcementUnverified => "strict_constraint_missing",
             Self::Db(DbFault::Serialization) => "serialization_failure",
+            Self::Db(DbFault::DataException { .. }) => "invalid_input",
             Self::Db(f) if f.is_retriable() => "database_unavailable",
             Self::Db(_) => "internal",
         }
     }
 
-    /// Faults (5xx) count against the SLO; answers (4xx, conflicts) do not.
+    /// Faults (5xx) count against the SLO; answers (4xx, conflicts) do not. A value the
+    /// database refuses (SQLSTATE class 22) is an answer: the request was at fault.
     pub fn is_fault(&self) -> bool {
-        matches!(self, Self::EnforcementUnverified | Self::Db(_))
+        matches!(self, Self::EnforcementUnverified | Self::Db(_)) && !self.is_invalid_input()
+    }
+
+    fn is_invalid_input(&self) -> bool {
+        matches!(self, Self::Db(DbFault::DataException { .. }))
     }
 }
 

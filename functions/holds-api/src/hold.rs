@@ -12,8 +12,10 @@ use crate::store::{self, NewHold};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
 use holdfast_adapters::db::{constraints, DbFault};
+use holdfast_adapters::telemetry::{self, Correlation};
 use holdfast_shared::allocator::{self, QuoteRejection, QuoteRequest, Selection};
 use holdfast_shared::auth::{Action, Caller, Subject};
+use holdfast_shared::correlation::CorrelationId;
 use holdfast_shared::events::{EventType, Operation, Outcome, StrictMode};
 use holdfast_shared::flags::FlagSet;
 use holdfast_shared::hold::{HoldState, HoldStatus, HoldTtl};
@@ -36,6 +38,8 @@ struct HoldPlan {
     ttl: HoldTtl,
     /// The request's "now", for the booking horizon and the alternatives offered.
     now: DateTime<Utc>,
+    /// The request's correlation id: the hold keeps it for its booking.
+    correlation: CorrelationId,
 }
 
 /// How one attempt ended: an answer, or a serialization failure worth another try.
@@ -50,8 +54,10 @@ impl HoldsService {
         caller: &Caller,
         body: HoldBody,
         idem: Option<Idempotency>,
+        corr: &Correlation,
     ) -> Result<Reply<HoldCreated>, HoldsError> {
         let mut o = Observed::new(Operation::Hold);
+        o.correlation = Some(corr.id());
         o.restaurant = Some(body.restaurant_id);
         o.party = Some(body.party_size);
         let result = match may_book_at(caller, Action::HoldCreate, body.restaurant_id) {
@@ -86,7 +92,9 @@ impl HoldsService {
         let ttl = HoldTtl::from_secs(flags.hold_ttl_seconds()).unwrap_or(HoldTtl::DEFAULT);
         let owner = caller.subject.clone();
         let now = Utc::now();
-        let plan = HoldPlan { restaurant: body.restaurant_id, owner, req, requested, flags, mode, ttl, now };
+        let correlation = o.correlation.clone().unwrap_or_else(CorrelationId::mint);
+        let plan =
+            HoldPlan { restaurant: body.restaurant_id, owner, req, requested, flags, mode, ttl, now, correlation };
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -120,7 +128,7 @@ impl HoldsService {
         o.hold = Some(hold_id);
         let tx = c.transaction().await?;
         let max_live = policy.guest_limits.max_live_holds;
-        match write_hold(&tx, plan, hold_id, &selection, idem, max_live).await {
+        match telemetry::timed("db.hold_write", write_hold(&tx, plan, hold_id, &selection, idem, max_live)).await {
             Ok(Some((held, shadow_conflict))) => {
                 tx.commit().await?;
                 if shadow_conflict {
@@ -228,6 +236,7 @@ async fn write_hold(
         snapshot: &snapshot,
         booking_id: None,
         owner: Some(&plan.owner),
+        correlation: Some(&plan.correlation),
     };
     let Some(expires_at) = store::hold_write(tx, &new, plan.mode == StrictMode::Enforced, max_live_holds).await? else {
         return Ok(None);

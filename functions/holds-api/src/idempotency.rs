@@ -5,7 +5,8 @@
 
 use crate::error::HoldsError;
 use crate::store::{self, StoredResponse};
-use deadpool_postgres::{GenericClient, Pool};
+use deadpool_postgres::Pool;
+use holdfast_adapters::sql::Sql;
 use serde::Serialize;
 
 /// A request's Idempotency-Key, scoped to its route and caller, with the hash of the request
@@ -29,7 +30,7 @@ pub enum NextAction {
 
 /// Decide through `c` (a fresh connection, or a transaction holding the lock that serialises
 /// duplicates). A key reused with a different request is an error, never a replay.
-pub async fn try_processing<C: GenericClient>(c: &C, idem: Option<&Idempotency>) -> Result<NextAction, HoldsError> {
+pub async fn try_processing<C: Sql>(c: &C, idem: Option<&Idempotency>) -> Result<NextAction, HoldsError> {
     let Some(i) = idem else { return Ok(NextAction::Run) };
     match store::idempotency_lookup(c, &i.scope, &i.key).await? {
         None => Ok(NextAction::Run),
@@ -56,7 +57,7 @@ pub async fn race_winner(pool: &Pool, idem: Option<&Idempotency>) -> Result<Opti
 }
 
 /// Save `answer` as the first response, inside the transaction that makes it true.
-pub async fn save<C: GenericClient, T: Serialize>(
+pub async fn save<C: Sql, T: Serialize>(
     tx: &C,
     idem: Option<&Idempotency>,
     answer: &T,

@@ -20,18 +20,23 @@ mod views;
 pub use service::HoldsService;
 
 use holdfast_adapters::config::Config;
+use holdfast_adapters::events::EventRecorder;
 use holdfast_adapters::flags::FlagLoader;
+use holdfast_shared::events::Source;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a warm container trusts its cached flags before re-reading SSM.
 pub const FLAG_TTL: Duration = Duration::from_secs(30);
 
-/// Build the service once per container: SDK config, SSM-backed flags, the pool.
+/// Build the service once per container: SDK config, SSM-backed flags (recording
+/// contradictions), the pool.
 pub async fn build(cfg: &Config) -> Result<HoldsService, Box<dyn std::error::Error + Send + Sync>> {
     let sdk = holdfast_adapters::aws::sdk_config().await;
     let ssm = aws_sdk_ssm::Client::new(&sdk);
     let pool = holdfast_adapters::db::pool_from_config(cfg, &ssm).await?;
-    let flags = Arc::new(FlagLoader::new(ssm, cfg.environment, cfg.ssm_prefix.clone(), FLAG_TTL));
+    let recorder = EventRecorder::new(pool.clone());
+    let flags =
+        Arc::new(FlagLoader::new(ssm, cfg.environment, cfg.ssm_prefix.clone(), FLAG_TTL, recorder, Source::HoldsApi));
     Ok(HoldsService::new(pool, flags))
 }

@@ -3,6 +3,7 @@
 
 use crate::error::HoldsError;
 use crate::service::HoldsService;
+use holdfast_shared::correlation::CorrelationId;
 use holdfast_shared::events::{
     EventContext, EventType, ObservabilityEvent, Operation, Outcome, Severity, Source, StrictMode,
 };
@@ -20,6 +21,8 @@ pub(crate) struct Observed {
     pub policy_version: Option<i32>,
     pub tables: Option<usize>,
     pub party: Option<u16>,
+    /// The booking's (or the request's) correlation id, on the event's context.
+    pub correlation: Option<CorrelationId>,
     pub started: Instant,
 }
 
@@ -35,6 +38,7 @@ impl Observed {
             policy_version: None,
             tables: None,
             party: None,
+            correlation: None,
             started: Instant::now(),
         }
     }
@@ -67,7 +71,7 @@ impl Observed {
         if let Some(h) = self.hold {
             ctx = ctx.hold_id(h);
         }
-        ctx
+        ctx.correlation_id(self.correlation.clone())
     }
 }
 

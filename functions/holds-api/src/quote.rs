@@ -7,6 +7,7 @@ use crate::observe::Observed;
 use crate::outcome::Quoted;
 use crate::service::{may_book_at, resolve_start, HoldsService};
 use chrono::Utc;
+use holdfast_adapters::telemetry::Correlation;
 use holdfast_shared::allocator::QuoteRequest;
 use holdfast_shared::auth::{Action, Caller};
 use holdfast_shared::events::{EventType, Operation};
@@ -18,8 +19,10 @@ impl HoldsService {
         caller: &Caller,
         restaurant: RestaurantId,
         body: QuoteBody,
+        corr: &Correlation,
     ) -> Result<Quoted, HoldsError> {
         let mut o = Observed::new(Operation::Quote);
+        o.correlation = Some(corr.id());
         o.restaurant = Some(restaurant);
         o.party = Some(body.party_size);
         let result = match may_book_at(caller, Action::Quote, restaurant) {

@@ -6,24 +6,34 @@ use crate::observe::Observed;
 use crate::outcome::Released;
 use crate::service::{may_act_on, HoldsService};
 use crate::store;
+use holdfast_adapters::telemetry::Correlation;
 use holdfast_shared::auth::{Action, Caller};
 use holdfast_shared::events::{EventType, Operation};
 use holdfast_shared::hold::{HoldState, HoldStatus};
 use holdfast_shared::ids::HoldId;
 
 impl HoldsService {
-    pub async fn release(&self, caller: &Caller, hold: HoldId) -> Result<Released, HoldsError> {
+    pub async fn release(&self, caller: &Caller, hold: HoldId, corr: &Correlation) -> Result<Released, HoldsError> {
         let mut o = Observed::new(Operation::Release);
         o.hold = Some(hold);
-        let result = self.release_inner(&mut o, caller, hold).await;
+        o.correlation = Some(corr.id());
+        let result = self.release_inner(&mut o, caller, hold, corr).await;
         self.finish(&o, EventType::HoldReleased, result).await
     }
 
-    async fn release_inner(&self, o: &mut Observed, caller: &Caller, hold: HoldId) -> Result<Released, HoldsError> {
+    async fn release_inner(
+        &self,
+        o: &mut Observed,
+        caller: &Caller,
+        hold: HoldId,
+        corr: &Correlation,
+    ) -> Result<Released, HoldsError> {
         let mut c = self.pool.get().await?;
         let tx = c.transaction().await?;
         let row = store::lock_hold(&tx, hold).await?.ok_or(HoldsError::NotFound("hold"))?;
         may_act_on(caller, Action::HoldRelease, &row)?;
+        corr.adopt(row.correlation_id.as_ref());
+        o.correlation = Some(corr.id());
         o.restaurant = Some(row.restaurant_id);
         match row.status {
             HoldStatus::Confirmed => {

@@ -6,9 +6,11 @@
 use crate::error::HoldsError;
 use crate::store::HoldRow;
 use chrono::{DateTime, Duration, Utc};
-use deadpool_postgres::{GenericClient, Pool};
+use deadpool_postgres::Pool;
 use holdfast_adapters::events::EventRecorder;
 use holdfast_adapters::flags::FlagLoader;
+use holdfast_adapters::sql::Sql;
+use holdfast_adapters::telemetry::FunctionTelemetry;
 use holdfast_shared::allocator::{self, AllocatorSettings, Alternative, QuoteRejection, QuoteRequest, Selection};
 use holdfast_shared::auth::{authorize, Action, Caller, Decision, Resource};
 use holdfast_shared::events::{EventContext, EventType, ObservabilityEvent, Severity, Source};
@@ -28,6 +30,8 @@ pub struct HoldsService {
     pub(crate) recorder: EventRecorder,
     pub(crate) flags: Arc<FlagLoader>,
     enforcement: OnceCell<bool>,
+    /// The holds API function's name and cold-start flag, for its log lines.
+    telemetry: FunctionTelemetry,
 }
 
 pub(crate) fn settings(flags: &FlagSet) -> AllocatorSettings {
@@ -75,11 +79,16 @@ pub(crate) fn no_table(code: &'static str, message: &str, alternatives: Vec<Alte
 impl HoldsService {
     pub fn new(pool: Pool, flags: Arc<FlagLoader>) -> Self {
         let recorder = EventRecorder::new(pool.clone());
-        Self { pool, recorder, flags, enforcement: OnceCell::new() }
+        let telemetry = FunctionTelemetry::new("holds-api");
+        Self { pool, recorder, flags, enforcement: OnceCell::new(), telemetry }
     }
 
     pub fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    pub fn telemetry(&self) -> &FunctionTelemetry {
+        &self.telemetry
     }
 
     /// Cold-start check that the database enforces the no-overlap constraint. A database that
@@ -113,14 +122,14 @@ impl HoldsService {
         }
     }
 
-    pub(crate) async fn policy_of(&self, c: &impl GenericClient, r: RestaurantId) -> Result<BookingPolicy, HoldsError> {
+    pub(crate) async fn policy_of(&self, c: &impl Sql, r: RestaurantId) -> Result<BookingPolicy, HoldsError> {
         crate::store::current_policy(c, r).await?.ok_or(HoldsError::NotFound("restaurant"))
     }
 
     /// [`Self::quote_now_at`] at the current time.
     pub(crate) async fn quote_now(
         &self,
-        c: &impl GenericClient,
+        c: &impl Sql,
         restaurant: RestaurantId,
         policy: &BookingPolicy,
         flags: &FlagSet,
@@ -135,7 +144,7 @@ impl HoldsService {
     /// carrying the bookable alternatives the same busy set allows.
     pub(crate) async fn quote_now_at(
         &self,
-        c: &impl GenericClient,
+        c: &impl Sql,
         restaurant: RestaurantId,
         policy: &BookingPolicy,
         flags: &FlagSet,

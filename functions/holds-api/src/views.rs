@@ -5,15 +5,17 @@ use crate::error::HoldsError;
 use crate::outcome::HoldView;
 use crate::service::{may_act_on, HoldsService};
 use crate::store;
+use holdfast_adapters::telemetry::Correlation;
 use holdfast_shared::auth::{Action, Caller};
 use holdfast_shared::hold::HoldState;
 use holdfast_shared::ids::HoldId;
 
 impl HoldsService {
-    pub async fn get(&self, caller: &Caller, hold: HoldId) -> Result<HoldView, HoldsError> {
+    pub async fn get(&self, caller: &Caller, hold: HoldId, corr: &Correlation) -> Result<HoldView, HoldsError> {
         let c = self.pool.get().await?;
         let row = store::get_hold(&c, hold).await?.ok_or(HoldsError::NotFound("hold"))?;
         may_act_on(caller, Action::HoldRead, &row)?;
+        corr.adopt(row.correlation_id.as_ref());
         let metadata_missing = row.metadata().require_complete().err().map(|m| m.missing).unwrap_or_default();
         Ok(HoldView {
             hold_id: row.id,

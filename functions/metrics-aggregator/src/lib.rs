@@ -22,6 +22,8 @@
 //! [`sinks`], the pure window and aggregation rules in `holdfast_shared::metrics`.
 
 pub mod gauges;
+/// Scheduled retention (its own binary, `src/bin/maintenance.rs`; issue 15).
+pub mod maintenance;
 pub mod payload;
 mod publish;
 mod report;
@@ -114,7 +116,15 @@ pub async fn build(cfg: &Config) -> Result<Aggregator, Box<dyn std::error::Error
 /// [`build`] with the SDK config and pool supplied (tests, the CLI).
 pub fn build_with(cfg: &Config, sdk: &SdkConfig, pool: Pool, options: Options) -> Aggregator {
     let ssm = aws_sdk_ssm::Client::new(sdk);
-    let flags = Arc::new(FlagLoader::new(ssm.clone(), cfg.environment, cfg.ssm_prefix.clone(), FLAG_TTL));
+    let recorder = holdfast_adapters::events::EventRecorder::new(pool.clone());
+    let flags = Arc::new(FlagLoader::new(
+        ssm.clone(),
+        cfg.environment,
+        cfg.ssm_prefix.clone(),
+        FLAG_TTL,
+        recorder,
+        holdfast_shared::events::Source::MetricsAggregator,
+    ));
     let mut sinks: Vec<Box<dyn Sink>> =
         vec![Box::new(CloudWatchSink::new(aws_sdk_cloudwatch::Client::new(sdk), cfg.metrics_namespace.clone()))];
     match &cfg.datadog_api_key_param {

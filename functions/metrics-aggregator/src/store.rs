@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use holdfast_adapters::db::DbFault;
+use holdfast_adapters::sql::Sql;
 use holdfast_shared::metrics::{EventRow, MetricDatum};
 use serde_json::Value;
 use tokio_postgres::types::ToSql;
@@ -32,12 +33,12 @@ fn params<'a>(p: &'a [&'a (dyn ToSql + Sync)]) -> impl ExactSizeIterator<Item = 
 }
 
 pub(crate) async fn clock_timestamp(c: &Client) -> Result<DateTime<Utc>, Error> {
-    Ok(c.query_one("SELECT clock_timestamp()", &[]).await?.get(0))
+    Ok(c.fetch_one("SELECT clock_timestamp()", &[]).await?.get(0))
 }
 
 /// (start of the oldest other open transaction, the database's `now()`).
 pub(crate) async fn oldest_open_transaction(c: &Client) -> Result<(Option<DateTime<Utc>>, DateTime<Utc>), Error> {
-    let open = c.query_one(OLDEST_OPEN_TX_SQL, &[]).await?;
+    let open = c.fetch_one(OLDEST_OPEN_TX_SQL, &[]).await?;
     Ok((open.get(0), open.get(1)))
 }
 
@@ -50,7 +51,7 @@ pub(crate) struct Cursor {
 
 /// Locks the cursor; `None` when another run holds it.
 pub(crate) async fn lock_cursor(tx: &Transaction<'_>) -> Result<Option<Cursor>, Error> {
-    let row = match tx.query_opt(CURSOR_SQL, &[]).await {
+    let row = match tx.fetch_opt(CURSOR_SQL, &[]).await {
         Ok(c) => c,
         // Under REPEATABLE READ a cursor updated since our snapshot is a serialization
         // failure: another run just closed windows. Same as finding it locked.
@@ -66,7 +67,7 @@ pub(crate) async fn set_cursor(
     last_seen_id: i64,
     now: DateTime<Utc>,
 ) -> Result<(), Error> {
-    tx.execute(
+    tx.run(
         "UPDATE metrics_cursor SET next_window_start = $1, last_seen_id = $2, updated_at = $3 WHERE id",
         &[&next_window_start, &last_seen_id, &now],
     )
@@ -76,7 +77,7 @@ pub(crate) async fn set_cursor(
 
 /// High-water mark of the snapshot: every row visible now has id <= it.
 pub(crate) async fn max_event_id(tx: &Transaction<'_>) -> Result<i64, Error> {
-    Ok(tx.query_one("SELECT COALESCE(max(id), 0)::bigint FROM observability_events", &[]).await?.get(0))
+    Ok(tx.fetch_one("SELECT COALESCE(max(id), 0)::bigint FROM observability_events", &[]).await?.get(0))
 }
 
 pub(crate) async fn oldest_event_since(
@@ -84,7 +85,7 @@ pub(crate) async fn oldest_event_since(
     horizon: DateTime<Utc>,
 ) -> Result<Option<DateTime<Utc>>, Error> {
     Ok(tx
-        .query_one("SELECT min(created_at) FROM observability_events WHERE created_at >= $1", &[&horizon])
+        .fetch_one("SELECT min(created_at) FROM observability_events WHERE created_at >= $1", &[&horizon])
         .await?
         .get(0))
 }
@@ -99,12 +100,14 @@ pub(crate) async fn late_rows(
         "SELECT {EVENT_COLUMNS} FROM observability_events
           WHERE created_at < $1 AND id > $2 ORDER BY id"
     );
-    Ok(tx.query(&sql, &[&next_open, &last_seen]).await?.iter().map(event_row).collect())
+    Ok(tx.fetch(&sql, &[&next_open, &last_seen]).await?.iter().map(event_row).collect())
 }
 
 /// A portal over the rows of `[first, end)` in index order, read with [`fetch_window_rows`]:
 /// tokio-postgres buffers a plain result set without bound when the reader is slower than the
-/// server, so batches keep memory flat.
+/// server, so batches keep memory flat. The portal's statement is named (a portal needs one) but
+/// lives inside the window's transaction: the caller drops the portal, which closes both, before
+/// it commits, so nothing is left on a pooled server connection.
 pub(crate) async fn open_window_rows(
     tx: &Transaction<'_>,
     first: DateTime<Utc>,
@@ -114,6 +117,7 @@ pub(crate) async fn open_window_rows(
         "SELECT {EVENT_COLUMNS} FROM observability_events
           WHERE created_at >= $1 AND created_at < $2 ORDER BY created_at, id"
     );
+    #[allow(clippy::disallowed_methods)] // closed with the portal, inside the transaction (above)
     tx.bind_raw(&sql, params(&[&first, &end])).await
 }
 
@@ -137,7 +141,7 @@ pub(crate) async fn insert_events_batch(
     late: u64,
     now: DateTime<Utc>,
 ) -> Result<u64, Error> {
-    tx.execute(
+    tx.run(
         "INSERT INTO metrics_batches (kind, window_start, datums, datum_count, event_count, late_events, closed_at)
          VALUES ('events', $1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
         &[&start, datums, &(datum_count as i32), &(events as i64), &(late as i64), &now],
@@ -146,7 +150,7 @@ pub(crate) async fn insert_events_batch(
 }
 
 pub(crate) async fn gauges_batch_exists(c: &Client, minute: DateTime<Utc>) -> Result<bool, Error> {
-    Ok(c.query_opt("SELECT 1 FROM metrics_batches WHERE kind = 'gauges' AND window_start = $1", &[&minute])
+    Ok(c.fetch_opt("SELECT 1 FROM metrics_batches WHERE kind = 'gauges' AND window_start = $1", &[&minute])
         .await?
         .is_some())
 }
@@ -158,7 +162,7 @@ pub(crate) async fn insert_gauges_batch(
     data: &[MetricDatum],
     now: DateTime<Utc>,
 ) -> Result<u64, Error> {
-    tx.execute(
+    tx.run(
         "INSERT INTO metrics_batches (kind, window_start, datums, datum_count, closed_at)
          VALUES ('gauges', $1, $2, $3, $4) ON CONFLICT DO NOTHING",
         &[&minute, &crate::payload::encode(data), &(data.len() as i32), &now],
@@ -174,7 +178,7 @@ pub(crate) async fn queue_publication(
     sink: &str,
     now: DateTime<Utc>,
 ) -> Result<(), Error> {
-    tx.execute(
+    tx.run(
         "INSERT INTO metrics_publications (kind, window_start, sink, updated_at) VALUES ($1, $2, $3, $4)",
         &[&kind, &start, &sink, &now],
     )
@@ -193,7 +197,7 @@ pub(crate) struct Pending {
 /// Locks `sink`'s oldest pending publication (`FOR UPDATE SKIP LOCKED`: runs share the queue).
 pub(crate) async fn next_pending(tx: &Transaction<'_>, sink: &str) -> Result<Option<Pending>, Error> {
     let row = tx
-        .query_opt(
+        .fetch_opt(
             "SELECT p.kind, p.window_start, p.parts_done, b.datums
                FROM metrics_publications p
                JOIN metrics_batches b USING (kind, window_start)
@@ -231,7 +235,7 @@ pub(crate) async fn record_part_sent(
                 updated_at = $4, last_error = NULL
           WHERE kind = $1 AND window_start = $2 AND sink = $3"
     };
-    tx.execute(sql, &[&key.kind, &key.start, &key.sink, &now]).await?;
+    tx.run(sql, &[&key.kind, &key.start, &key.sink, &now]).await?;
     Ok(())
 }
 
@@ -242,7 +246,7 @@ pub(crate) async fn record_failure(
     error: &str,
     now: DateTime<Utc>,
 ) -> Result<(), Error> {
-    tx.execute(
+    tx.run(
         "UPDATE metrics_publications SET attempts = attempts + 1, last_error = $4, updated_at = $5
           WHERE kind = $1 AND window_start = $2 AND sink = $3",
         &[&key.kind, &key.start, &key.sink, &error, &now],
@@ -259,7 +263,7 @@ pub(crate) async fn finish(
     error: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<(), Error> {
-    tx.execute(
+    tx.run(
         "UPDATE metrics_publications
             SET status = $4, last_error = $5, updated_at = $6,
                 published_at = CASE WHEN $4 = 'published' THEN $6 ELSE published_at END
@@ -272,7 +276,7 @@ pub(crate) async fn finish(
 
 /// Deletes batches older than `before` that no sink is still waiting for.
 pub(crate) async fn delete_published_before(c: &Client, before: DateTime<Utc>) -> Result<(), Error> {
-    c.execute(
+    c.run(
         "DELETE FROM metrics_batches b
           WHERE window_start < $1
             AND NOT EXISTS (SELECT 1 FROM metrics_publications p

@@ -103,6 +103,21 @@ fn dlq_needs_two_consecutive_minutes_and_gaps_are_minutes() {
     assert_eq!(backtest(&r, &sparse).fired, 0);
 }
 
+#[test]
+fn dead_outbox_rows_ticket_at_once_and_clear_when_handled() {
+    let r = rule_by_id("outbox-dead-rows");
+    assert_eq!(r.severity, AlertSeverity::Ticket);
+    // A row dies at minute 10 and stays dead until an operator revives it at minute 40.
+    let s = series(60, |i| vec![(keys::OUTBOX_DEAD_ROWS, if (10..40).contains(&i) { 1.0 } else { 0.0 })]);
+    let report = backtest(&r, &s);
+    assert_eq!((report.fired, report.flaps), (1, 0), "{report:?}");
+    assert_eq!(report.transitions[0], Transition { minute: t0() + Duration::minutes(10), firing: true });
+    // Cleared after five minutes with none left (40..44).
+    assert_eq!(report.transitions[1], Transition { minute: t0() + Duration::minutes(44), firing: false });
+    // No dead row ever: silent, however long the series.
+    assert_eq!(backtest(&r, &series(600, |_| vec![(keys::OUTBOX_DEAD_ROWS, 0.0)])).fired, 0);
+}
+
 fn traffic(n: usize, errors: impl Fn(usize) -> f64) -> Vec<MinuteSample> {
     series(n, |i| vec![(keys::REQUESTS_HOLD_CONFIRM, 200.0), (keys::ERRORS_HOLD_CONFIRM, errors(i))])
 }
@@ -213,6 +228,7 @@ fn minute_sample_from_aggregated_data() {
     rows.push(row(23, "strict.verify.failed", json!({})));
     let mut data = aggregate_window("prod", t0(), Duration::minutes(1), &rows);
     data.push(gauge("prod", Gauge::DlqDepth, 2.0, t0()));
+    data.push(gauge("prod", Gauge::OutboxDeadRows, 3.0, t0()));
     let s = minute_sample_from_data(t0(), &data);
     let expected: BTreeMap<String, f64> = [
         (keys::REQUESTS_HOLD_CONFIRM, 22.0),
@@ -221,6 +237,7 @@ fn minute_sample_from_aggregated_data() {
         // nearest rank 19 of 20 → the 19th smallest: 118 ms.
         (keys::LATENCY_P95_HOLD, 118.0),
         (keys::DLQ_DEPTH, 2.0),
+        (keys::OUTBOX_DEAD_ROWS, 3.0),
         (keys::STRICT_CONSTRAINT_MISSING, 1.0),
     ]
     .into_iter()

@@ -44,6 +44,12 @@ fn render_registry(registry: &[FlagDef], rules: &[Rule]) -> String {
          other than the proposer, then written to SSM and audited. Kill switches may also be \
          pulled by one ops member alone (break-glass), which is alarmed and reviewed.\n"
     );
+    let _ = writeln!(
+        out,
+        "A change applied in prod then **bakes** for its flags' longest `Bake in prod`: an SLO \
+         burn-rate alarm entering ALARM in that time reverts it automatically, audited as \
+         `auto_reverted` (docs/runbooks/feature-flags.md, \"Bake and automatic revert\").\n"
+    );
 
     let _ = writeln!(out, "## Safe default matrix\n");
     let _ = writeln!(out, "| Flag | Type | Safety | dev | staging | prod |");
@@ -88,6 +94,11 @@ fn render_registry(registry: &[FlagDef], rules: &[Rule]) -> String {
             default_cell(def, Environment::Staging),
             default_cell(def, Environment::Prod),
         );
+        let bake = match def.bake_minutes {
+            0 => "none: no burn-rate alarm watches what it does".to_owned(),
+            m => format!("{m} min: a burn-rate alarm entering ALARM in that time reverts the change"),
+        };
+        let _ = writeln!(out, "| Bake in prod | {bake} |");
         if def.is_secret() {
             let _ = writeln!(out, "| Secret | yes: values are never shown |");
         }
@@ -233,6 +244,10 @@ mod tests {
             "| `holds.strictConflicts.killSwitchReason` | text (max 200 chars) | operational | `\"\"` | `\"\"` | `\"\"` |"
         ));
         assert!(doc.contains("| Approvals in prod | 2 (besides the proposer) |"));
+        assert!(
+            doc.contains("| Bake in prod | 15 min: a burn-rate alarm entering ALARM in that time reverts the change |")
+        );
+        assert!(doc.contains("| Bake in prod | none: no burn-rate alarm watches what it does |"));
     }
 
     #[test]
@@ -267,6 +282,7 @@ mod tests {
         },
         secret: true,
         kill_switch: None,
+        bake_minutes: 0,
     }];
 
     #[test]

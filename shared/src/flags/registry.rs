@@ -82,7 +82,21 @@ pub struct FlagDef {
     /// `holdfast-ops` member may apply alone (break-glass) during an incident. Only the off
     /// value may be applied that way; turning the feature back on is a normal proposal.
     pub kill_switch: Option<KillSwitch>,
+    /// Minutes a prod change of this flag bakes once applied: an SLO burn-rate alarm entering
+    /// ALARM in that time reverts the change automatically (`flag-review-sweep`, see
+    /// [`crate::flags::bake_window`]). 0: never baked, for flags whose effect no burn-rate
+    /// alarm watches.
+    pub bake_minutes: u16,
 }
+
+/// Bake of a prod change to a flag a wrong value of which shows in the holds SLO.
+pub const BAKE_MINUTES: u16 = 10;
+/// Bake of a prod change to a critical flag: longer, for the slower burn of a partial rollout.
+pub const BAKE_MINUTES_CRITICAL: u16 = 15;
+/// No bake: no burn-rate alarm watches what the flag does.
+pub const NO_BAKE: u16 = 0;
+/// The longest bake the registry may ask for (the bake check reads alarms every minute).
+pub const MAX_BAKE_MINUTES: u16 = 60;
 
 /// What makes a flag a kill switch (see [`FlagDef::kill_switch`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,6 +213,7 @@ pub static REGISTRY: &[FlagDef] = &[
             off: Bool(false),
             reason_flag: Some(names::HOLDS_STRICT_CONFLICTS_KILL_SWITCH_REASON),
         }),
+        bake_minutes: BAKE_MINUTES_CRITICAL,
     },
     FlagDef {
         name: names::HOLDS_STRICT_CONFLICTS_ROLLOUT_PERCENT,
@@ -211,6 +226,7 @@ pub static REGISTRY: &[FlagDef] = &[
         defaults: Defaults::all(Int(100)),
         secret: false,
         kill_switch: None,
+        bake_minutes: BAKE_MINUTES_CRITICAL,
     },
     FlagDef {
         name: names::HOLDS_STRICT_CONFLICTS_KILL_SWITCH_REASON,
@@ -223,6 +239,7 @@ pub static REGISTRY: &[FlagDef] = &[
         defaults: Defaults::all(Text("")),
         secret: false,
         kill_switch: None,
+        bake_minutes: NO_BAKE,
     },
     FlagDef {
         name: names::HOLDS_TTL_SECONDS,
@@ -235,6 +252,7 @@ pub static REGISTRY: &[FlagDef] = &[
         defaults: Defaults::all(Int(180)),
         secret: false,
         kill_switch: None,
+        bake_minutes: BAKE_MINUTES,
     },
     FlagDef {
         name: names::ALLOCATOR_MERGES_ENABLED,
@@ -247,6 +265,7 @@ pub static REGISTRY: &[FlagDef] = &[
         defaults: Defaults::all(Bool(true)),
         secret: false,
         kill_switch: None,
+        bake_minutes: BAKE_MINUTES,
     },
     FlagDef {
         name: names::ALLOCATOR_REQUIRE_ADJACENCY,
@@ -258,6 +277,7 @@ pub static REGISTRY: &[FlagDef] = &[
         defaults: Defaults::all(Bool(true)),
         secret: false,
         kill_switch: None,
+        bake_minutes: BAKE_MINUTES_CRITICAL,
     },
     FlagDef {
         name: names::EMAIL_REQUEST_RECEIVED_DELAY_MINUTES,
@@ -270,6 +290,7 @@ pub static REGISTRY: &[FlagDef] = &[
         defaults: Defaults { dev: Int(1), staging: Int(5), prod: Int(5) },
         secret: false,
         kill_switch: None,
+        bake_minutes: NO_BAKE,
     },
     FlagDef {
         name: names::EMAIL_PROVIDER,
@@ -280,6 +301,7 @@ pub static REGISTRY: &[FlagDef] = &[
         defaults: Defaults::all(Text("ses")),
         secret: false,
         kill_switch: None,
+        bake_minutes: NO_BAKE,
     },
     FlagDef {
         name: names::METRICS_DATADOG_ENABLED,
@@ -291,6 +313,7 @@ pub static REGISTRY: &[FlagDef] = &[
         defaults: Defaults { dev: Bool(false), staging: Bool(true), prod: Bool(true) },
         secret: false,
         kill_switch: None,
+        bake_minutes: NO_BAKE,
     },
     FlagDef {
         name: names::METRICS_LATE_EVENT_GRACE_SECONDS,
@@ -302,6 +325,7 @@ pub static REGISTRY: &[FlagDef] = &[
         defaults: Defaults::all(Int(120)),
         secret: false,
         kill_switch: None,
+        bake_minutes: NO_BAKE,
     },
 ];
 
@@ -415,6 +439,30 @@ mod tests {
     }
 
     #[test]
+    fn prod_changes_bake_where_a_burn_rate_alarm_watches_their_effect() {
+        for def in REGISTRY {
+            assert!(def.bake_minutes <= MAX_BAKE_MINUTES, "{}", def.name);
+            if def.safety == SafetyClass::Critical {
+                assert_eq!(def.bake_minutes, BAKE_MINUTES_CRITICAL, "{}", def.name);
+            }
+        }
+        let baked: Vec<&str> = REGISTRY.iter().filter(|d| d.bake_minutes > 0).map(|d| d.name).collect();
+        // The holds SLO's burn-rate alarms see what these do to holds and confirms; nothing
+        // watches email timing, the provider choice, or metrics publishing that way.
+        assert_eq!(
+            baked,
+            [
+                names::HOLDS_STRICT_CONFLICTS,
+                names::HOLDS_STRICT_CONFLICTS_ROLLOUT_PERCENT,
+                names::HOLDS_TTL_SECONDS,
+                names::ALLOCATOR_MERGES_ENABLED,
+                names::ALLOCATOR_REQUIRE_ADJACENCY,
+            ]
+        );
+        assert_eq!(lookup(names::HOLDS_TTL_SECONDS).map(|d| d.bake_minutes), Some(BAKE_MINUTES));
+    }
+
+    #[test]
     fn lookup_is_exact() {
         assert!(lookup("holds.strictConflicts").is_some());
         assert!(lookup("holds.strictconflicts").is_none());
@@ -462,6 +510,7 @@ mod tests {
             defaults: Defaults::all(Text("")),
             secret: true,
             kill_switch: None,
+            bake_minutes: NO_BAKE,
         };
         assert!(secret.is_secret());
         let e = secret.parse("hunter2-too-long").expect_err("too long");

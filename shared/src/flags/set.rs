@@ -389,6 +389,7 @@ mod tests {
         defaults: Defaults::all(DefaultValue::Text("hunter2")),
         secret: true,
         kill_switch: None,
+        bake_minutes: 0,
     }];
 
     #[test]

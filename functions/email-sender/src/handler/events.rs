@@ -1,5 +1,6 @@
 //! The handler's observability events: codes and ids only, never guest data.
 
+use super::parse::Rec;
 use holdfast_shared::email::{EmailJob, MAX_RECEIVES};
 use holdfast_shared::events::{Code, EventContext, EventType, ObservabilityEvent, Operation, Outcome, Source};
 use holdfast_shared::ids::RestaurantId;
@@ -8,13 +9,14 @@ fn attempt_u8(n: u32) -> u8 {
     n.clamp(1, u32::from(holdfast_shared::events::MAX_ATTEMPT)) as u8
 }
 
-/// An `email-sender` event about `job` (`None` when the record did not parse) on its
-/// `receive_count`-th receive. `restaurant` comes from the booking when the job names none.
+/// An `email-sender` event about record `rec`'s `job` (`None` when the record did not parse),
+/// on the record's receive count and with its correlation id. `restaurant` comes from the
+/// booking when the job names none.
 pub(super) fn event(
     et: EventType,
     job: Option<&EmailJob>,
     restaurant: Option<uuid::Uuid>,
-    receive_count: u32,
+    rec: &Rec,
     outcome: Outcome,
     code: Option<&str>,
     duration_ms: Option<u64>,
@@ -22,8 +24,9 @@ pub(super) fn event(
     let mut ctx = EventContext::new()
         .operation(Operation::Send)
         .outcome(outcome)
-        .attempt(attempt_u8(receive_count))
-        .max_attempts(MAX_RECEIVES as u8);
+        .attempt(attempt_u8(rec.receive_count))
+        .max_attempts(MAX_RECEIVES as u8)
+        .correlation_id(rec.correlation.clone());
     if let Some(c) = code {
         ctx = ctx.error_code_str(c);
     }
@@ -49,8 +52,8 @@ pub(super) fn event(
 }
 
 /// A skip (nothing sent, nothing to retry): `code` says why.
-pub(super) fn skipped(job: &EmailJob, receive_count: u32, code: &str) -> ObservabilityEvent {
-    event(EventType::EmailSkipped, Some(job), None, receive_count, Outcome::Success, Some(code), None)
+pub(super) fn skipped(job: &EmailJob, rec: &Rec, code: &str) -> ObservabilityEvent {
+    event(EventType::EmailSkipped, Some(job), None, rec, Outcome::Success, Some(code), None)
 }
 
 #[cfg(test)]
@@ -62,9 +65,20 @@ mod tests {
     #[test]
     fn events_carry_codes_and_ids_only() {
         let job = EmailJob::for_booking(EmailType::BookingConfirmed, BookingId::new_random());
-        let ev = event(EventType::EmailRetried, Some(&job), None, 3, Outcome::Error, Some("ses_throttled"), Some(12));
+        let correlation = holdfast_shared::correlation::CorrelationId::parse("booking-0003").ok();
+        let rec = Rec {
+            message_id: "m-1".into(),
+            receipt_handle: None,
+            receive_count: 3,
+            body: String::new(),
+            correlation,
+            span: tracing::Span::none(),
+        };
+        let ev =
+            event(EventType::EmailRetried, Some(&job), None, &rec, Outcome::Error, Some("ses_throttled"), Some(12));
         let ctx = ev.context_json();
         assert_eq!(ctx["email_type"], "booking_confirmed");
+        assert_eq!(ctx["correlation_id"], "booking-0003");
         assert_eq!(ctx["attempt"], 3);
         assert_eq!(ctx["max_attempts"], 5);
         assert_eq!(ctx["error_code"], "ses_throttled");

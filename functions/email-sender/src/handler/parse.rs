@@ -3,8 +3,11 @@
 
 use super::events::event;
 use super::Tally;
+use crate::relay::CORRELATION_ATTRIBUTE;
 use aws_lambda_events::event::sqs::SqsMessage;
 use chrono::{DateTime, Utc};
+use holdfast_adapters::telemetry;
+use holdfast_shared::correlation::CorrelationId;
 use holdfast_shared::email::{plan_deferral, Deferral, EmailJob, EmailType, JOB_SCHEMA_VERSION};
 use holdfast_shared::events::{EventType, Outcome};
 use std::panic::AssertUnwindSafe;
@@ -15,6 +18,11 @@ pub(super) struct Rec {
     pub receipt_handle: Option<String>,
     pub receive_count: u32,
     pub body: String,
+    /// The booking's correlation id, from the message attribute the relay set (`None`: absent
+    /// or not an id; the record then correlates as the invocation).
+    pub correlation: Option<CorrelationId>,
+    /// The span of this record's lines: they carry its correlation id.
+    pub span: tracing::Span,
 }
 
 pub(super) enum ParseFault {
@@ -61,7 +69,14 @@ fn rec(msg: SqsMessage) -> Option<Rec> {
         return None;
     };
     let receive_count = msg.attributes.get("ApproximateReceiveCount").and_then(|v| v.parse::<u32>().ok()).unwrap_or(1);
-    Some(Rec { message_id, receipt_handle: msg.receipt_handle, receive_count, body: msg.body.unwrap_or_default() })
+    let correlation = msg
+        .message_attributes
+        .get(CORRELATION_ATTRIBUTE)
+        .and_then(|a| a.string_value.as_deref())
+        .and_then(|v| CorrelationId::parse(v).ok());
+    let span = telemetry::correlated("sqs_record", correlation.as_ref());
+    let body = msg.body.unwrap_or_default();
+    Some(Rec { message_id, receipt_handle: msg.receipt_handle, receive_count, body, correlation, span })
 }
 
 /// Parse every record and plan its deferral (at most `max_hop` seconds per hop). A panic while
@@ -75,21 +90,20 @@ pub(super) fn parse_batch(records: Vec<SqsMessage>, now: DateTime<Utc>, max_hop:
                 (job, plan)
             })
         }));
-        let n = rec.receive_count;
         match planned {
             Err(_) => {
-                tracing::error!(message_id = %rec.message_id, "panic while parsing an email job");
+                tracing::error!(parent: &rec.span, message_id = %rec.message_id, "panic while parsing an email job");
                 tally.failures.push(rec.message_id);
             }
             Ok(Err(ParseFault::Invalid)) => {
-                tracing::error!(message_id = %rec.message_id, "invalid email job dropped");
+                tracing::error!(parent: &rec.span, message_id = %rec.message_id, "invalid email job dropped");
                 let code = Some("invalid_job");
-                tally.events.push(event(EventType::EmailFailed, None, None, n, Outcome::Rejected, code, None));
+                tally.events.push(event(EventType::EmailFailed, None, None, &rec, Outcome::Rejected, code, None));
             }
             Ok(Err(ParseFault::Unsupported)) => {
-                tracing::warn!(message_id = %rec.message_id, "email job schema newer than this build; kept for retry");
+                tracing::warn!(parent: &rec.span, message_id = %rec.message_id, "email job schema newer than this build; kept for retry");
                 let code = Some("schema_unsupported");
-                tally.events.push(event(EventType::EmailRetried, None, None, n, Outcome::Error, code, None));
+                tally.events.push(event(EventType::EmailRetried, None, None, &rec, Outcome::Error, code, None));
                 tally.failures.push(rec.message_id);
             }
             Ok(Ok((job, Deferral::Due))) => parsed.due.push((rec, job)),
@@ -98,6 +112,9 @@ pub(super) fn parse_batch(records: Vec<SqsMessage>, now: DateTime<Utc>, max_hop:
     }
     parsed
 }
+
+#[cfg(test)]
+mod fuzz;
 
 #[cfg(test)]
 mod tests {

@@ -3,12 +3,14 @@
 
 use super::parse::Rec;
 use super::{EmailSender, Tally};
+use crate::relay::correlation_attribute;
 use aws_sdk_sqs::error::DisplayErrorContext;
+use holdfast_adapters::telemetry;
 
 impl EmailSender {
     /// Re-queue each deferred job with its remaining delay (one hop), so its message can be
-    /// acknowledged. A crash in between leaves both; the ledger absorbs the duplicate. A failed
-    /// re-queue keeps the message (retried).
+    /// acknowledged, with its correlation id attribute. A crash in between leaves both; the
+    /// ledger absorbs the duplicate. A failed re-queue keeps the message (retried).
     pub(super) async fn requeue(&self, deferred: Vec<(Rec, u32)>, tally: &mut Tally) {
         let requeues = futures::future::join_all(deferred.iter().map(|(rec, delay)| {
             self.sqs
@@ -16,14 +18,17 @@ impl EmailSender {
                 .queue_url(&self.settings.queue_url)
                 .message_body(&rec.body)
                 .delay_seconds(i32::try_from(*delay).unwrap_or(900))
+                .set_message_attributes(rec.correlation.as_ref().map(correlation_attribute))
                 .send()
         }))
         .await;
         for ((rec, delay), res) in deferred.into_iter().zip(requeues) {
             match res {
-                Ok(_) => tracing::debug!(message_id = %rec.message_id, delay, "deferred job re-queued"),
+                Ok(_) => {
+                    tracing::debug!(parent: &rec.span, message_id = %rec.message_id, delay, "deferred job re-queued")
+                }
                 Err(e) => {
-                    tracing::warn!(message_id = %rec.message_id, error = %DisplayErrorContext(&e), "re-queue of a deferred job failed; will retry");
+                    tracing::warn!(parent: &rec.span, message_id = %rec.message_id, error = %DisplayErrorContext(&e), "re-queue of a deferred job failed; will retry");
                     tally.failures.push(rec.message_id);
                 }
             }
@@ -46,13 +51,13 @@ impl EmailSender {
                         .ok()
                 })
                 .collect();
-            let res = self
+            let call = self
                 .sqs
                 .change_message_visibility_batch()
                 .queue_url(&self.settings.queue_url)
                 .set_entries(Some(entries))
-                .send()
-                .await;
+                .send();
+            let res = telemetry::timed("sqs.change_message_visibility_batch", call).await;
             match res {
                 Ok(out) if !out.failed.is_empty() => {
                     tracing::warn!(

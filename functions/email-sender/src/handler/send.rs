@@ -1,23 +1,39 @@
 //! Phase 3, send: render each claimed job from the loaded booking data and hand it to the
-//! provider. All sends run concurrently, each in its own `catch_unwind`.
+//! provider, unless an earlier attempt may already have delivered it. All sends run
+//! concurrently, each in its own `catch_unwind`.
 
 use super::claim::Claimed;
 use super::EmailSender;
-use crate::provider::{plausible_address, OutgoingEmail, Receipt, SendError};
-use crate::store::ClaimRow;
+use crate::provider::{plausible_address, EmailProvider, OutgoingEmail, Receipt, SendError};
+use crate::store::{ClaimRow, Unresolved};
+use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use holdfast_shared::email::{self, BookingStatus, BookingView, DriftView, EmailJob, EmailType, Rendered};
 use holdfast_shared::ids::BookingId;
 use holdfast_shared::policy::BookingPolicy;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
+use tracing::Instrument;
 use uuid::Uuid;
+
+/// Margin kept inside a provider's idempotency window: an attempt this close to the window's
+/// end may be forgotten by the time the retry arrives.
+const DEDUPE_MARGIN: chrono::Duration = chrono::Duration::hours(1);
 
 pub(super) enum SendOutcome {
     Sent(Receipt),
+    /// `SendError::Ambiguous` only through a provider that deduplicates (a safe retry).
     Failed(SendError),
     Skipped(&'static str),
-    Panicked,
+    /// The provider may have accepted it and cannot deduplicate a retry: not resent.
+    Unconfirmed(String),
+    /// Not sent: an earlier attempt (`Unresolved::latest`) may have delivered it.
+    Suppressed,
+    /// `provider_called`: the panic came after the provider call began (outcome unknown).
+    Panicked {
+        provider_called: bool,
+    },
 }
 
 fn permanent(code: &str) -> SendOutcome {
@@ -25,17 +41,37 @@ fn permanent(code: &str) -> SendOutcome {
 }
 
 impl EmailSender {
-    /// Send every claimed job; each outcome comes with the send's duration in milliseconds.
-    pub(super) async fn send_all(&self, claimed: &[Claimed<'_>]) -> Vec<(SendOutcome, u64)> {
-        futures::future::join_all(claimed.iter().map(|c| async move {
-            let started = Instant::now();
-            let r = AssertUnwindSafe(self.send_one(c.job, c.row)).catch_unwind().await;
-            (r.unwrap_or(SendOutcome::Panicked), started.elapsed().as_millis() as u64)
+    /// Send every claimed job through `carrier`; each outcome comes with the send's duration in
+    /// milliseconds.
+    pub(super) async fn send_all(
+        &self,
+        claimed: &[Claimed<'_>],
+        carrier: &Result<&dyn EmailProvider, SendError>,
+        now: DateTime<Utc>,
+    ) -> Vec<(SendOutcome, u64)> {
+        futures::future::join_all(claimed.iter().map(|c| {
+            async move {
+                let started = Instant::now();
+                let called = AtomicBool::new(false);
+                let r = AssertUnwindSafe(self.send_one(c, carrier, now, &called)).catch_unwind().await;
+                let outcome =
+                    r.unwrap_or_else(|_| SendOutcome::Panicked { provider_called: called.load(Ordering::SeqCst) });
+                (outcome, started.elapsed().as_millis() as u64)
+            }
+            // The send's lines (the provider's included) carry its booking's correlation id.
+            .instrument(c.rec.span.clone())
         }))
         .await
     }
 
-    async fn send_one(&self, job: &EmailJob, row: &ClaimRow) -> SendOutcome {
+    async fn send_one(
+        &self,
+        c: &Claimed<'_>,
+        carrier: &Result<&dyn EmailProvider, SendError>,
+        now: DateTime<Utc>,
+        called: &AtomicBool,
+    ) -> SendOutcome {
+        let (job, row) = (c.job, c.row);
         let composed = match job.email_type {
             EmailType::OpsPolicyDrift => self.drift_notice(job, row),
             EmailType::OpsPendingAttention => self.pending_attention(job, row),
@@ -48,6 +84,20 @@ impl EmailSender {
         if !plausible_address(&to) {
             return permanent("invalid_address");
         }
+        let carrier = match carrier {
+            Ok(p) => *p,
+            Err(e) => return SendOutcome::Failed(e.clone()),
+        };
+        let Some(attempt_id) = c.attempt else {
+            // Unreachable while a carrier exists (the claim records one per key): never send
+            // without a record.
+            return SendOutcome::Failed(SendError::transient("attempt_unrecorded"));
+        };
+        if let Some(u) = &row.unresolved {
+            if resend_blocked(u, carrier.name(), carrier.dedupe_window(), now) {
+                return SendOutcome::Suppressed;
+            }
+        }
         let out = OutgoingEmail {
             to,
             from: self.settings.from_address.clone(),
@@ -56,9 +106,12 @@ impl EmailSender {
             html: rendered.html,
             // The provider API is stringly typed; the key is only passed through.
             idempotency_key: row.dedupe_key.to_string(),
+            attempt_id,
         };
-        match self.provider.send(&out).await {
+        called.store(true, Ordering::SeqCst);
+        match holdfast_adapters::telemetry::timed("provider.send", carrier.send(&out)).await {
             Ok(r) => SendOutcome::Sent(r),
+            Err(SendError::Ambiguous(code)) if carrier.dedupe_window().is_none() => SendOutcome::Unconfirmed(code),
             Err(e) => SendOutcome::Failed(e),
         }
     }
@@ -129,8 +182,55 @@ fn booking_email(t: EmailType, job: &EmailJob, row: &ClaimRow) -> Result<(String
     Ok((to.trim().to_string(), r))
 }
 
+/// Whether earlier attempts that may have been delivered (`u`) forbid sending through `carrier`
+/// now: always, unless every one of them went to this same provider and it still remembers the
+/// oldest one's idempotency key (with [`DEDUPE_MARGIN`] to spare).
+pub(super) fn resend_blocked(
+    u: &Unresolved,
+    carrier: &str,
+    window: Option<chrono::Duration>,
+    now: DateTime<Utc>,
+) -> bool {
+    let only_this_provider = u.providers.iter().all(|p| p == carrier);
+    match window {
+        Some(w) if only_this_provider => now - u.oldest_started_at >= w - DEDUPE_MARGIN,
+        _ => true,
+    }
+}
+
 /// The start in the restaurant's own zone ("Mon 7 Jan 2030, 19:00 GMT"), from its policy.
 fn local_time(policy: Option<&serde_json::Value>, t: chrono::DateTime<chrono::Utc>) -> Option<String> {
     let policy: BookingPolicy = serde_json::from_value(policy?.clone()).ok()?;
     Some(policy.render_local(t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unresolved(providers: &[&str], age: chrono::Duration, now: DateTime<Utc>) -> Unresolved {
+        Unresolved {
+            latest: Uuid::nil(),
+            count: providers.len() as i64,
+            providers: providers.iter().map(|p| p.to_string()).collect(),
+            oldest_started_at: now - age,
+        }
+    }
+
+    #[test]
+    fn only_a_deduplicating_provider_within_its_window_may_resend() {
+        let now = Utc::now();
+        let day = Some(chrono::Duration::hours(24));
+        let min = chrono::Duration::minutes(1);
+        // SES: never after an unresolved attempt.
+        assert!(resend_blocked(&unresolved(&["ses"], min, now), "ses", None, now));
+        // Resend after Resend, within the window: the provider drops the repeat.
+        assert!(!resend_blocked(&unresolved(&["resend"], min, now), "resend", day, now));
+        // ...but not near or past its end,
+        assert!(resend_blocked(&unresolved(&["resend"], chrono::Duration::hours(23), now), "resend", day, now));
+        // nor across providers, either way round.
+        assert!(resend_blocked(&unresolved(&["ses"], min, now), "resend", day, now));
+        assert!(resend_blocked(&unresolved(&["resend", "ses"], min, now), "resend", day, now));
+        assert!(resend_blocked(&unresolved(&["resend"], min, now), "ses", None, now));
+    }
 }

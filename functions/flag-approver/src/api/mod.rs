@@ -5,6 +5,8 @@
 //! fields, so a body cannot claim an actor. Every route asks `auth::authorize` once, here,
 //! before anything else: no identity is 401, a caller without the route's role (a guest) is 403.
 
+#[cfg(test)]
+mod fuzz;
 mod problem;
 mod request;
 
@@ -15,15 +17,70 @@ use crate::error::ApproverError;
 use crate::service::{Caller, FlagApprover};
 use crate::store::AUDIT_DEFAULT_LIMIT;
 use holdfast_adapters::http::{self, Problem};
+use holdfast_adapters::routes::{self, Found, Route};
 use holdfast_shared::auth::{self, Action, Decision, Resource, FLAG_APPROVERS_GROUP, OPS_GROUP};
 use holdfast_shared::flags::Actor;
-use lambda_http::http::{header, HeaderValue, Method, StatusCode};
-use lambda_http::{Body, Request, RequestExt, Response};
+use lambda_http::http::{header, HeaderValue, StatusCode};
+use lambda_http::{Body, Request, Response};
 use request::{audit_query, optional_body, proposal_id, reason, ApplyBody, ProposeBody, ReasonBody, RejectBody};
 use serde_json::Value;
 
+/// What a route runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Propose,
+    ReadProposal,
+    Approve,
+    Reject,
+    Apply,
+    BreakGlass,
+    ListReviews,
+    AcknowledgeReview,
+    ReadAudit,
+    ReadMatrix,
+}
+
+impl Op {
+    /// The authorization table's action for this route.
+    fn action(self) -> Action {
+        match self {
+            Op::Propose => Action::FlagPropose,
+            Op::ReadProposal | Op::ListReviews => Action::FlagReadProposal,
+            Op::Approve => Action::FlagApprove,
+            Op::Reject => Action::FlagReject,
+            Op::Apply => Action::FlagApply,
+            Op::BreakGlass => Action::FlagBreakGlass,
+            Op::AcknowledgeReview => Action::FlagAcknowledgeReview,
+            Op::ReadAudit => Action::FlagReadAudit,
+            Op::ReadMatrix => Action::FlagReadMatrix,
+        }
+    }
+}
+
+/// Every route of the flag approver, spelled as `docs/api/flags.openapi.yaml` spells it (the
+/// contract test compares the two). The router dispatches through this table only.
+pub const ROUTES: &[Route<Op>] = &[
+    Route { method: "POST", path: "/flags/proposals", op: Op::Propose },
+    Route { method: "GET", path: "/flags/proposals/{id}", op: Op::ReadProposal },
+    Route { method: "POST", path: "/flags/proposals/{id}/approve", op: Op::Approve },
+    Route { method: "POST", path: "/flags/proposals/{id}/reject", op: Op::Reject },
+    Route { method: "POST", path: "/flags/proposals/{id}/apply", op: Op::Apply },
+    Route { method: "POST", path: "/flags/break-glass", op: Op::BreakGlass },
+    Route { method: "GET", path: "/flags/reviews", op: Op::ListReviews },
+    Route { method: "POST", path: "/flags/reviews/{id}/acknowledge", op: Op::AcknowledgeReview },
+    Route { method: "GET", path: "/flags/audit", op: Op::ReadAudit },
+    Route { method: "GET", path: "/flags/matrix", op: Op::ReadMatrix },
+];
+
+/// Unknown path 404, known path with another method 405 (with `Allow`), then identity and
+/// role, then the route itself.
 pub async fn handle(svc: &FlagApprover, req: Request) -> Response<Body> {
-    match route(svc, &req).await {
+    let (op, id) = match routes::find(ROUTES, req.method(), req.uri().path()) {
+        Found::Route(op, params) => (op, params.first().copied().unwrap_or("")),
+        Found::MethodNotAllowed(allow) => return routes::method_not_allowed(req.method(), &allow),
+        Found::NotFound => return no_such_route().into_response(),
+    };
+    match route(svc, &req, op, id).await {
         Ok((status, body)) => {
             let mut resp = http::json_response(status, &body);
             if status == StatusCode::CREATED {
@@ -60,23 +117,6 @@ fn authorized(req: &Request, action: Action) -> Result<Caller, ApproverError> {
     Ok(Caller { actor: Actor::of_subject(&caller.subject), request_id: http::request_id(req) })
 }
 
-/// The action of a known route, `None` for a method the route does not take.
-fn action_of(method: &Method, segs: &[&str]) -> Option<Action> {
-    Some(match (method, segs) {
-        (&Method::POST, ["flags", "proposals"]) => Action::FlagPropose,
-        (&Method::GET, ["flags", "proposals", _]) => Action::FlagReadProposal,
-        (&Method::POST, ["flags", "proposals", _, "approve"]) => Action::FlagApprove,
-        (&Method::POST, ["flags", "proposals", _, "reject"]) => Action::FlagReject,
-        (&Method::POST, ["flags", "proposals", _, "apply"]) => Action::FlagApply,
-        (&Method::POST, ["flags", "break-glass"]) => Action::FlagBreakGlass,
-        (&Method::GET, ["flags", "reviews"]) => Action::FlagReadProposal,
-        (&Method::POST, ["flags", "reviews", _, "acknowledge"]) => Action::FlagAcknowledgeReview,
-        (&Method::GET, ["flags", "audit"]) => Action::FlagReadAudit,
-        (&Method::GET, ["flags", "matrix"]) => Action::FlagReadMatrix,
-        _ => return None,
-    })
-}
-
 fn json<T: serde::Serialize>(v: &T) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
@@ -85,121 +125,102 @@ fn no_such_route() -> Problem {
     Problem::new(StatusCode::NOT_FOUND, "route_not_found", "no such route")
 }
 
-/// Unknown path 404, known path with another method 405, then identity and role, then the
-/// route itself.
-async fn route(svc: &FlagApprover, req: &Request) -> Result<(StatusCode, Value), Problem> {
-    let path = req.uri().path().trim_end_matches('/');
-    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    let method = req.method();
-    let known = matches!(
-        segs.as_slice(),
-        ["flags", "proposals"]
-            | ["flags", "proposals", _]
-            | ["flags", "proposals", _, "approve" | "reject" | "apply"]
-            | ["flags", "break-glass"]
-            | ["flags", "reviews"]
-            | ["flags", "reviews", _, "acknowledge"]
-            | ["flags", "audit"]
-            | ["flags", "matrix"]
-    );
-    if !known {
-        return Err(no_such_route());
-    }
-    let Some(action) = action_of(method, &segs) else {
-        return Err(Problem::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            format!("{method} is not allowed here"),
-        ));
-    };
-    // Every route needs an identity (the audit trail names people) and the route's role.
-    let who = authorized(req, action).map_err(problem::from)?;
-    dispatch(svc, req, action, &segs, &who).await
+/// Every route needs an identity (the audit trail names people) and the route's role.
+async fn route(svc: &FlagApprover, req: &Request, op: Op, id: &str) -> Result<(StatusCode, Value), Problem> {
+    let who = authorized(req, op.action()).map_err(problem::from)?;
+    dispatch(svc, req, op, id, &who).await
 }
 
-/// Parses the request of an authorized `action`, calls its use case and picks the status.
+/// Parses the request of an authorized route, calls its use case and picks the status; `id`
+/// is the route's path parameter (empty if none).
 async fn dispatch(
     svc: &FlagApprover,
     req: &Request,
-    action: Action,
-    segs: &[&str],
+    op: Op,
+    id: &str,
     who: &Caller,
 ) -> Result<(StatusCode, Value), Problem> {
-    match (action, segs) {
-        (Action::FlagPropose, _) => {
+    match op {
+        Op::Propose => {
             let body: ProposeBody = http::parse_json(http::body_bytes(req))?;
             let view = svc.propose(who, body.into_input()?).await.map_err(problem::from)?;
             Ok((StatusCode::CREATED, json(&view)))
         }
-        (Action::FlagBreakGlass, _) => {
+        Op::BreakGlass => {
             let body: ProposeBody = http::parse_json(http::body_bytes(req))?;
             let view = svc.break_glass(who, body.into_input()?).await.map_err(problem::from)?;
             Ok((StatusCode::CREATED, json(&view)))
         }
-        (Action::FlagReadProposal, ["flags", "proposals", id]) => {
-            Ok((StatusCode::OK, json(&svc.get(proposal_id(id)?).await.map_err(problem::from)?)))
-        }
-        (Action::FlagReadProposal, ["flags", "reviews"]) => {
-            let params = req.query_string_parameters_ref();
-            let open_only = params.and_then(|p| p.first("all")).is_none_or(|v| v != "true");
+        Op::ReadProposal => Ok((StatusCode::OK, json(&svc.get(proposal_id(id)?).await.map_err(problem::from)?))),
+        Op::ListReviews => {
+            let open_only = request::reviews_open_only(req)?;
             let reviews = svc.reviews(open_only, AUDIT_DEFAULT_LIMIT).await.map_err(problem::from)?;
             Ok((StatusCode::OK, serde_json::json!({ "reviews": reviews })))
         }
-        (Action::FlagApprove, ["flags", "proposals", id, _]) => {
+        Op::Approve => {
             let id = proposal_id(id)?;
             let why = optional_body::<ReasonBody>(req)?.into_reason()?;
             Ok((StatusCode::OK, json(&svc.approve(who, id, why).await.map_err(problem::from)?)))
         }
-        (Action::FlagReject, ["flags", "proposals", id, _]) => {
+        Op::Reject => {
             let id = proposal_id(id)?;
             let body: RejectBody = http::parse_json(http::body_bytes(req))?;
             let why = reason(&body.reason, "reason")?;
             Ok((StatusCode::OK, json(&svc.reject(who, id, why).await.map_err(problem::from)?)))
         }
-        (Action::FlagApply, ["flags", "proposals", id, _]) => {
+        Op::Apply => {
             let id = proposal_id(id)?;
             let _: ApplyBody = optional_body(req)?;
             Ok((StatusCode::OK, json(&svc.apply(who, id).await.map_err(problem::from)?)))
         }
-        (Action::FlagAcknowledgeReview, ["flags", "reviews", id, _]) => {
+        Op::AcknowledgeReview => {
             let id = proposal_id(id)?;
             let note = optional_body::<ReasonBody>(req)?.into_reason()?;
             Ok((StatusCode::OK, json(&svc.acknowledge(who, id, note).await.map_err(problem::from)?)))
         }
-        (Action::FlagReadAudit, _) => {
+        Op::ReadAudit => {
             let q = audit_query(req)?;
             let rows = svc.audit(&q).await.map_err(problem::from)?;
             let next = if rows.len() as i64 == q.limit { rows.last().map(|r| r.id) } else { None };
             Ok((StatusCode::OK, serde_json::json!({ "entries": rows, "next_before": next })))
         }
-        (Action::FlagReadMatrix, _) => Ok((StatusCode::OK, json(&svc.matrix().await))),
-        _ => Err(no_such_route()),
+        Op::ReadMatrix => Ok((StatusCode::OK, json(&svc.matrix().await))),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lambda_http::http::Method;
 
     #[test]
-    fn every_route_maps_to_one_action_and_other_methods_to_none() {
+    fn every_route_maps_to_one_action_and_other_methods_to_405() {
         let id = "00000000-0000-0000-0000-000000000001";
-        let cases: [(Method, Vec<&str>, Option<Action>); 12] = [
-            (Method::POST, vec!["flags", "proposals"], Some(Action::FlagPropose)),
-            (Method::GET, vec!["flags", "proposals", id], Some(Action::FlagReadProposal)),
-            (Method::POST, vec!["flags", "proposals", id, "approve"], Some(Action::FlagApprove)),
-            (Method::POST, vec!["flags", "proposals", id, "reject"], Some(Action::FlagReject)),
-            (Method::POST, vec!["flags", "proposals", id, "apply"], Some(Action::FlagApply)),
-            (Method::POST, vec!["flags", "break-glass"], Some(Action::FlagBreakGlass)),
-            (Method::GET, vec!["flags", "reviews"], Some(Action::FlagReadProposal)),
-            (Method::POST, vec!["flags", "reviews", id, "acknowledge"], Some(Action::FlagAcknowledgeReview)),
-            (Method::GET, vec!["flags", "audit"], Some(Action::FlagReadAudit)),
-            (Method::GET, vec!["flags", "matrix"], Some(Action::FlagReadMatrix)),
-            (Method::GET, vec!["flags", "proposals"], None),
-            (Method::DELETE, vec!["flags", "proposals", id], None),
+        let cases: [(Method, String, Action); 10] = [
+            (Method::POST, "/flags/proposals".into(), Action::FlagPropose),
+            (Method::GET, format!("/flags/proposals/{id}"), Action::FlagReadProposal),
+            (Method::POST, format!("/flags/proposals/{id}/approve"), Action::FlagApprove),
+            (Method::POST, format!("/flags/proposals/{id}/reject"), Action::FlagReject),
+            (Method::POST, format!("/flags/proposals/{id}/apply"), Action::FlagApply),
+            (Method::POST, "/flags/break-glass".into(), Action::FlagBreakGlass),
+            (Method::GET, "/flags/reviews".into(), Action::FlagReadProposal),
+            (Method::POST, format!("/flags/reviews/{id}/acknowledge"), Action::FlagAcknowledgeReview),
+            (Method::GET, "/flags/audit".into(), Action::FlagReadAudit),
+            (Method::GET, "/flags/matrix".into(), Action::FlagReadMatrix),
         ];
-        for (method, segs, want) in cases {
-            assert_eq!(action_of(&method, &segs), want, "{method} {segs:?}");
+        assert_eq!(cases.len(), ROUTES.len());
+        for (method, path, want) in cases {
+            match routes::find(ROUTES, &method, &path) {
+                Found::Route(op, params) => {
+                    assert_eq!(op.action(), want, "{method} {path}");
+                    assert_eq!(params.first().copied().unwrap_or(id), id, "{method} {path}");
+                }
+                other => panic!("{method} {path}: {other:?}"),
+            }
         }
+        assert_eq!(routes::find(ROUTES, &Method::GET, "/flags/proposals"), Found::MethodNotAllowed("POST".into()));
+        let one = format!("/flags/proposals/{id}");
+        assert_eq!(routes::find(ROUTES, &Method::DELETE, &one), Found::MethodNotAllowed("GET".into()));
+        assert_eq!(routes::find(ROUTES, &Method::GET, "/flags/nope"), Found::NotFound);
     }
 }

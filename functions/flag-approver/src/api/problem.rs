@@ -1,6 +1,7 @@
 //! The one mapping from [`ApproverError`] to an HTTP problem (status, code, body).
 
 use crate::error::ApproverError;
+use holdfast_adapters::db::DbFault;
 use holdfast_adapters::http::Problem;
 use holdfast_shared::flags::{ChangeRefused, WorkflowError};
 use lambda_http::http::StatusCode;
@@ -10,9 +11,14 @@ use serde_json::json;
 pub const SSM_RETRY_AFTER_SECS: u32 = 5;
 
 pub(super) fn from(e: ApproverError) -> Problem {
-    // Only database faults are ours to investigate; the rest are answers to the caller.
-    if matches!(e, ApproverError::Db(_)) {
-        tracing::error!(code = e.code(), error = %e, "flag approver request failed");
+    // Only database faults are ours to investigate; the rest are answers to the caller. A
+    // value only the database refused is an answer, but also a parser that let it through.
+    match &e {
+        ApproverError::Db(DbFault::DataException { .. }) => {
+            tracing::warn!(code = e.code(), error = %e, "the database refused a request value")
+        }
+        ApproverError::Db(_) => tracing::error!(code = e.code(), error = %e, "flag approver request failed"),
+        _ => {}
     }
     let code = e.code();
     let msg = e.to_string();
@@ -43,6 +49,13 @@ pub(super) fn from(e: ApproverError) -> Problem {
             Problem::new(StatusCode::CONFLICT, code, "the proposal changed concurrently; read it and retry")
         }
         ApproverError::Db(f) if f.is_retriable() => Problem::unavailable(),
+        // The backstop for a value only the database refuses: no field is known, and the
+        // value is not echoed.
+        ApproverError::Db(DbFault::DataException { .. }) => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            code,
+            "a value in the request is not acceptable (out of range or not storable)",
+        ),
         ApproverError::Db(_) => Problem::new(StatusCode::INTERNAL_SERVER_ERROR, code, "internal error"),
     }
 }
@@ -83,7 +96,6 @@ fn workflow(w: &WorkflowError, code: &'static str, msg: String) -> Problem {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use holdfast_adapters::db::DbFault;
     use holdfast_shared::flags::ProposalStatus;
 
     #[test]
@@ -117,6 +129,7 @@ mod tests {
             (ApproverError::SsmUnavailable { status: None }, 503),
             (ApproverError::Db(DbFault::Unavailable), 503),
             (ApproverError::Db(DbFault::Other("x".into())), 500),
+            (ApproverError::Db(DbFault::DataException { sqlstate: "22021".into() }), 422),
         ];
         for (e, status) in cases {
             let code = e.code();

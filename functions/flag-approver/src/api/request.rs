@@ -5,14 +5,19 @@ use crate::service::ProposeInput;
 use crate::store::{AuditQuery, AUDIT_DEFAULT_LIMIT, AUDIT_MAX_LIMIT};
 use holdfast_adapters::http::{self, Problem};
 use holdfast_shared::flags::{ChangeRequest, Environment, MAX_CHANGES};
+use holdfast_shared::guest::{has_forbidden_char, HOSTILE_TEXT};
 use holdfast_shared::ids::ProposalId;
 use lambda_http::http::StatusCode;
-use lambda_http::{Request, RequestExt};
+use lambda_http::Request;
 use serde::Deserialize;
 use serde_json::Value;
 
 /// Longest reason accepted (the audit column's bound).
 pub const MAX_REASON_CHARS: usize = 500;
+
+/// Longest flag name looked up (registry names are far shorter): an unknown name is quoted in
+/// the refusal, so a huge one is refused before it is quoted.
+const MAX_FLAG_NAME_CHARS: usize = 200;
 
 /// A proposal or break-glass: either one flag (`flag` + `value`, the original shape) or several
 /// (`changes`), never both.
@@ -37,14 +42,19 @@ struct ChangeBody {
 impl ProposeBody {
     pub(super) fn into_input(self) -> Result<ProposeInput, Problem> {
         let changes = match (self.flag, self.value, self.changes) {
-            (Some(flag), Some(value), None) => vec![ChangeRequest::new(flag, raw_value(&value, "value")?)],
+            (Some(flag), Some(value), None) => {
+                vec![ChangeRequest::new(flag_name(flag, "flag")?, raw_value(&value, "value")?)]
+            }
             (None, None, Some(list)) => {
                 if list.is_empty() || list.len() > MAX_CHANGES {
                     return Err(Problem::validation("changes", format!("expected 1..={MAX_CHANGES} changes")));
                 }
                 list.into_iter()
                     .enumerate()
-                    .map(|(i, c)| Ok(ChangeRequest::new(c.flag, raw_value(&c.value, &format!("changes[{i}].value"))?)))
+                    .map(|(i, c)| {
+                        let flag = flag_name(c.flag, &format!("changes[{i}].flag"))?;
+                        Ok(ChangeRequest::new(flag, raw_value(&c.value, &format!("changes[{i}].value"))?))
+                    })
                     .collect::<Result<_, Problem>>()?
             }
             (_, _, Some(_)) => {
@@ -86,14 +96,11 @@ pub(super) struct ApplyBody {}
 
 /// A body that may be omitted (approve, apply): empty means `{}`.
 pub(super) fn optional_body<T: serde::de::DeserializeOwned + Default>(req: &Request) -> Result<T, Problem> {
-    let bytes = http::body_bytes(req);
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    http::parse_json(bytes)
+    http::parse_optional_json(http::body_bytes(req))
 }
 
-/// Trimmed, 1..=500 characters, no control characters other than newlines and tabs.
+/// Trimmed, 1..=500 characters, no hostile characters (`guest::forbidden_char`; newlines and
+/// tabs allowed).
 pub(super) fn reason(raw: &str, field: &str) -> Result<String, Problem> {
     let r = raw.trim();
     if r.is_empty() {
@@ -102,14 +109,29 @@ pub(super) fn reason(raw: &str, field: &str) -> Result<String, Problem> {
     if r.chars().count() > MAX_REASON_CHARS {
         return Err(Problem::validation(field, format!("at most {MAX_REASON_CHARS} characters")));
     }
-    if r.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
-        return Err(Problem::validation(field, "control characters are not allowed"));
+    if has_forbidden_char(r, true) {
+        return Err(Problem::validation(field, HOSTILE_TEXT));
     }
     Ok(r.to_string())
 }
 
+/// A flag name as given (the registry decides whether it exists): one line of plain text, of a
+/// length a flag name can have.
+fn flag_name(raw: String, field: &str) -> Result<String, Problem> {
+    if has_forbidden_char(&raw, false) {
+        return Err(Problem::validation(field, HOSTILE_TEXT));
+    }
+    if raw.chars().count() > MAX_FLAG_NAME_CHARS {
+        return Err(Problem::validation(field, format!("at most {MAX_FLAG_NAME_CHARS} characters")));
+    }
+    Ok(raw)
+}
+
+/// The value as the registry parses it. Text flag values are one line (the audit log and the
+/// generated docs are line-based).
 fn raw_value(v: &Value, field: &str) -> Result<String, Problem> {
     match v {
+        Value::String(s) if has_forbidden_char(s, false) => Err(Problem::validation(field, HOSTILE_TEXT)),
         Value::String(s) => Ok(s.clone()),
         Value::Bool(b) => Ok(b.to_string()),
         Value::Number(n) if n.is_i64() => Ok(n.to_string()),
@@ -122,25 +144,33 @@ pub(super) fn proposal_id(raw: &str) -> Result<ProposalId, Problem> {
     raw.parse().map_err(|_| Problem::new(StatusCode::NOT_FOUND, "not_found", "proposal not found").field("id"))
 }
 
+/// `GET /flags/reviews`: open reviews unless `all=true`.
+pub(super) fn reviews_open_only(req: &Request) -> Result<bool, Problem> {
+    Ok(http::query_param(req, "all")?.is_none_or(|v| v != "true"))
+}
+
+/// `GET /flags/audit`'s filters. Every parameter goes through `http::query_param`: a NUL
+/// (`?flag=%00`) or any other hostile character is a 422 naming it, never a query.
 pub(super) fn audit_query(req: &Request) -> Result<AuditQuery, Problem> {
-    let params = req.query_string_parameters_ref();
-    let get = |k: &str| params.and_then(|p| p.first(k)).map(str::trim).filter(|v| !v.is_empty());
-    let flag = get("flag").map(str::to_string);
+    let get = |k: &str| -> Result<Option<&str>, Problem> {
+        Ok(http::query_param(req, k)?.map(str::trim).filter(|v| !v.is_empty()))
+    };
+    let flag = get("flag")?.map(str::to_string);
     if flag.as_deref().is_some_and(|f| f.len() > 200) {
         return Err(Problem::validation("flag", "at most 200 characters"));
     }
-    let env = get("environment")
+    let env = get("environment")?
         .map(|e| {
             Environment::parse(e).ok_or_else(|| Problem::validation("environment", "expected dev, staging or prod"))
         })
         .transpose()?;
-    let proposal = get("proposal")
+    let proposal = get("proposal")?
         .map(|p| p.parse::<ProposalId>().map_err(|_| Problem::validation("proposal", "must be a UUID")))
         .transpose()?;
-    let before_id = get("before")
+    let before_id = get("before")?
         .map(|b| b.parse::<i64>().map_err(|_| Problem::validation("before", "must be an audit row id")))
         .transpose()?;
-    let limit = match get("limit") {
+    let limit = match get("limit")? {
         None => AUDIT_DEFAULT_LIMIT,
         Some(l) => l
             .parse::<i64>()

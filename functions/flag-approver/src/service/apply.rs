@@ -8,9 +8,9 @@ use crate::error::ApproverError;
 use crate::ssm::EnvFlags;
 use crate::store::{self, AuditAction, StoredProposal};
 use chrono::{DateTime, Utc};
-use deadpool_postgres::GenericClient;
+use holdfast_adapters::sql::Sql;
 use holdfast_shared::events::{EventContext, EventType, ObservabilityEvent, Operation, Outcome, Severity, Source};
-use holdfast_shared::flags::{lookup, names, ChangeRefused, Environment, FlagDef, PlannedWrite, WorkflowError};
+use holdfast_shared::flags::{self, lookup, names, ChangeRefused, Environment, FlagDef, PlannedWrite, WorkflowError};
 use holdfast_shared::ids::ProposalId;
 
 /// How an apply attempt ended. The proposal row has been updated and audited in every case.
@@ -50,7 +50,7 @@ impl FlagApprover {
     /// transaction with the proposal row locked; takes the per-flag locks (in name order) so
     /// applies touching one flag never interleave. Every outcome is persisted and audited
     /// before returning.
-    pub(super) async fn apply_locked<C: GenericClient>(
+    pub(super) async fn apply_locked<C: Sql>(
         &self,
         c: &C,
         s: &mut StoredProposal,
@@ -150,7 +150,7 @@ impl FlagApprover {
     }
 
     #[allow(clippy::too_many_arguments)] // private helper; each is one fact of the audit rows
-    async fn applied<C: GenericClient>(
+    async fn applied<C: Sql>(
         &self,
         c: &C,
         s: &mut StoredProposal,
@@ -167,6 +167,11 @@ impl FlagApprover {
         s.last_error = None;
         store::update_proposal(c, s).await?;
         audit_each(c, s, AuditAction::Applied, who, None, Some(detail.to_string()), before).await?;
+        // A prod change bakes: a burn-rate alarm entering ALARM inside its window reverts it
+        // (the scheduled `check_bakes`).
+        if let Some(window) = flags::bake_window(&s.proposal) {
+            store::insert_bake(c, s.proposal.id, s.proposal.env, now, now + window).await?;
+        }
         let mut ctx = EventContext::new().operation(Operation::FlagChange).outcome(Outcome::Success);
         ctx = with_request_id(ctx, who);
         if let Some(w) = plan.iter().find(|w| w.def.name == names::HOLDS_STRICT_CONFLICTS_ROLLOUT_PERCENT) {
@@ -180,7 +185,7 @@ impl FlagApprover {
         Ok(ApplyOutcome::Applied)
     }
 
-    async fn apply_failed<C: GenericClient>(
+    async fn apply_failed<C: Sql>(
         &self,
         c: &C,
         s: &mut StoredProposal,
@@ -203,7 +208,7 @@ impl FlagApprover {
 }
 
 /// Takes the per-flag locks of every change (refusing a flag the registry no longer knows).
-async fn lock_flags_of<C: GenericClient>(c: &C, s: &StoredProposal) -> Result<(), ApproverError> {
+pub(super) async fn lock_flags_of<C: Sql>(c: &C, s: &StoredProposal) -> Result<(), ApproverError> {
     let flag_names: Vec<String> = s.proposal.changes.iter().map(|ch| ch.flag.clone()).collect();
     for f in &flag_names {
         if lookup(f).is_none() {

@@ -5,7 +5,7 @@ use super::{Caller, FlagApprover, ProposeInput};
 use crate::error::ApproverError;
 use crate::ssm::EnvFlags;
 use crate::store::{self, AuditAction, AuditEntry, StoredProposal};
-use deadpool_postgres::GenericClient;
+use holdfast_adapters::sql::Sql;
 use holdfast_shared::flags::{lookup, ChangeRefused};
 
 impl FlagApprover {
@@ -53,7 +53,7 @@ pub(super) fn refusal_detail(r: &ChangeRefused) -> String {
 }
 
 /// One audit row per change of the proposal (`before`: the proposal's, unless given per change).
-pub(super) async fn audit_each<C: GenericClient>(
+pub(super) async fn audit_each<C: Sql>(
     c: &C,
     s: &StoredProposal,
     action: AuditAction,
@@ -85,7 +85,7 @@ pub(super) async fn audit_each<C: GenericClient>(
 }
 
 /// One audit row per change, with the proposal's own before/after.
-pub(super) async fn audit<C: GenericClient>(
+pub(super) async fn audit<C: Sql>(
     c: &C,
     s: &StoredProposal,
     action: AuditAction,

@@ -1,17 +1,20 @@
 //! The change workflow with its IO: validate against SSM, persist proposals, apply to SSM
-//! (all changes of a proposal or none), append the audit log, run break-glass and its review.
+//! (all changes of a proposal or none), append the audit log, run break-glass and its review,
+//! bake applied prod changes and revert them when a burn-rate alarm fires.
 //! The rules themselves are `holdfast_shared::flags` (pure). One file per use case; each reads
 //! lock → domain decision → persist → audit → commit.
 
 mod apply;
 mod approve;
 mod audit;
+mod bake;
 mod break_glass;
 mod matrix;
 mod propose;
 mod reviews;
 mod views;
 
+pub use bake::{BakeError, BakeReport};
 pub use matrix::{matrix, EnvSummary, FlagRow, Matrix, MatrixCell, ProblemView, ViolationView};
 pub use reviews::SweepReport;
 pub use views::{ChangeView, ProposalView, ReviewView};
@@ -20,7 +23,8 @@ use crate::error::ApproverError;
 use crate::ssm::{EnvFlags, SsmFlags};
 use crate::store::{self, AuditAction, AuditQuery, AuditRow, StoredProposal};
 use chrono::{DateTime, Utc};
-use deadpool_postgres::{GenericClient, Pool};
+use deadpool_postgres::Pool;
+use holdfast_adapters::sql::Sql;
 use holdfast_shared::events::EventContext;
 use holdfast_shared::flags::{Actor, ChangeRequest, Environment};
 use holdfast_shared::ids::ProposalId;
@@ -81,7 +85,7 @@ impl FlagApprover {
 
     /// Persists and audits expiry of a live proposal past its deadline. Every step on a locked
     /// proposal asks this first, so an expired proposal is never approved or applied.
-    async fn expire_if_due<C: GenericClient>(
+    async fn expire_if_due<C: Sql>(
         &self,
         c: &C,
         s: &mut StoredProposal,

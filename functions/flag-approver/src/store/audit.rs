@@ -3,7 +3,7 @@
 
 use crate::error::ApproverError;
 use chrono::{DateTime, Utc};
-use deadpool_postgres::GenericClient;
+use holdfast_adapters::sql::Sql;
 use holdfast_shared::flags::Environment;
 use holdfast_shared::ids::ProposalId;
 use serde::Serialize;
@@ -29,6 +29,11 @@ pub enum AuditAction {
     AcknowledgeRefused,
     /// The review passed its deadline unacknowledged (recorded once, by the sweep).
     ReviewOverdue,
+    /// A burn-rate alarm entered ALARM in the change's bake window: the old value is back
+    /// (actor `system`, the alarm in `detail`).
+    AutoReverted,
+    /// As `AutoReverted`, but the revert was not written (changed since, contradiction).
+    AutoRevertRefused,
 }
 
 impl AuditAction {
@@ -48,6 +53,8 @@ impl AuditAction {
             Self::ReviewAcknowledged => "review_acknowledged",
             Self::AcknowledgeRefused => "acknowledge_refused",
             Self::ReviewOverdue => "review_overdue",
+            Self::AutoReverted => "auto_reverted",
+            Self::AutoRevertRefused => "auto_revert_refused",
         }
     }
 }
@@ -74,8 +81,8 @@ fn clip(s: &str, max: usize) -> &str {
     }
 }
 
-pub async fn append_audit<C: GenericClient>(c: &C, e: &AuditEntry<'_>) -> Result<(), ApproverError> {
-    c.execute(
+pub async fn append_audit<C: Sql>(c: &C, e: &AuditEntry<'_>) -> Result<(), ApproverError> {
+    c.run(
         "INSERT INTO flag_audit (action, proposal_id, actor, flag, environment, before_value, after_value, reason, \
          request_id, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         &[
@@ -126,9 +133,9 @@ pub struct AuditQuery {
 pub const AUDIT_DEFAULT_LIMIT: i64 = 50;
 pub const AUDIT_MAX_LIMIT: i64 = 500;
 
-pub async fn read_audit<C: GenericClient>(c: &C, q: &AuditQuery) -> Result<Vec<AuditRow>, ApproverError> {
+pub async fn read_audit<C: Sql>(c: &C, q: &AuditQuery) -> Result<Vec<AuditRow>, ApproverError> {
     let rows = c
-        .query(
+        .fetch(
             "SELECT id, at, action, proposal_id, actor, flag, environment, before_value, after_value, reason, \
              request_id, detail FROM flag_audit \
              WHERE ($1::text IS NULL OR flag = $1) AND ($2::text IS NULL OR environment = $2) \

@@ -1,14 +1,17 @@
 //! Persistence: `flag_proposals` (the workflow state, locked per proposal while it changes),
-//! `flag_reviews` (break-glass reviews) and `flag_audit` (append-only: this crate only ever
-//! INSERTs and SELECTs it). One file per table family; this one holds the row helpers they share.
+//! `flag_reviews` (break-glass reviews), `flag_bakes` (bake windows of applied prod changes) and
+//! `flag_audit` (append-only: this crate only ever INSERTs and SELECTs it). One file per table
+//! family; this one holds the row helpers they share.
 
 mod audit;
+mod bakes;
 mod proposals;
 mod reviews;
 
 pub use audit::{
     append_audit, read_audit, AuditAction, AuditEntry, AuditQuery, AuditRow, AUDIT_DEFAULT_LIMIT, AUDIT_MAX_LIMIT,
 };
+pub use bakes::{decide_bake, get_bake, insert_bake, lock_open_bake, open_bakes, BakeOutcome, BakeRow, OpenBake};
 pub use proposals::{
     get_proposal, insert_proposal, lock_flag, lock_flags, lock_proposal, update_proposal, StoredProposal,
 };

@@ -4,7 +4,7 @@
 use super::{actor, bad_row, env_of};
 use crate::error::ApproverError;
 use chrono::{DateTime, Utc};
-use deadpool_postgres::GenericClient;
+use holdfast_adapters::sql::Sql;
 use holdfast_shared::flags::{Actor, Change, Environment, Proposal, ProposalStatus};
 use holdfast_shared::ids::ProposalId;
 use tokio_postgres::Row;
@@ -36,13 +36,13 @@ const COLUMNS: &str = "id, flag, environment, old_raw, new_raw, reason, proposer
      created_at, expires_at, applied_at, ssm_version, last_error, version, break_glass";
 
 /// The proposal row plus its changes (from `flag_proposal_changes`, in order).
-async fn from_row<C: GenericClient>(c: &C, row: &Row) -> Result<StoredProposal, ApproverError> {
+async fn from_row<C: Sql>(c: &C, row: &Row) -> Result<StoredProposal, ApproverError> {
     let env: String = row.get("environment");
     let status: String = row.get("status");
     let approvals: Vec<String> = row.get("approvals");
     let id: Uuid = row.get("id");
     let rows = c
-        .query(
+        .fetch(
             "SELECT flag, old_raw, new_raw, ssm_version FROM flag_proposal_changes WHERE proposal_id = $1 \
              ORDER BY position",
             &[&id],
@@ -88,10 +88,10 @@ async fn from_row<C: GenericClient>(c: &C, row: &Row) -> Result<StoredProposal, 
 
 /// Inserts the proposal (its first change also in the row's own flag/old_raw/new_raw columns)
 /// and its changes.
-pub async fn insert_proposal<C: GenericClient>(c: &C, p: &Proposal, reason: &str) -> Result<(), ApproverError> {
+pub async fn insert_proposal<C: Sql>(c: &C, p: &Proposal, reason: &str) -> Result<(), ApproverError> {
     let approvals: Vec<&str> = p.approvals.iter().map(Actor::as_str).collect();
     let first = p.changes.first().ok_or(ApproverError::Refused(holdfast_shared::flags::ChangeRefused::ChangeCount))?;
-    c.execute(
+    c.run(
         "INSERT INTO flag_proposals (id, flag, environment, old_raw, new_raw, reason, proposer, approvals, status, \
          created_at, expires_at, break_glass) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         &[
@@ -112,7 +112,7 @@ pub async fn insert_proposal<C: GenericClient>(c: &C, p: &Proposal, reason: &str
     .await?;
     for (i, ch) in p.changes.iter().enumerate() {
         let position = i16::try_from(i).unwrap_or(i16::MAX);
-        c.execute(
+        c.run(
             "INSERT INTO flag_proposal_changes (proposal_id, position, flag, old_raw, new_raw) VALUES ($1, $2, $3, $4, $5)",
             &[&p.id.as_uuid(), &position, &ch.flag, &ch.old_raw, &ch.new_raw],
         )
@@ -121,9 +121,9 @@ pub async fn insert_proposal<C: GenericClient>(c: &C, p: &Proposal, reason: &str
     Ok(())
 }
 
-pub async fn get_proposal<C: GenericClient>(c: &C, id: ProposalId) -> Result<StoredProposal, ApproverError> {
+pub async fn get_proposal<C: Sql>(c: &C, id: ProposalId) -> Result<StoredProposal, ApproverError> {
     let row = c
-        .query_opt(&format!("SELECT {COLUMNS} FROM flag_proposals WHERE id = $1"), &[&id.as_uuid()])
+        .fetch_opt(&format!("SELECT {COLUMNS} FROM flag_proposals WHERE id = $1"), &[&id.as_uuid()])
         .await?
         .ok_or(ApproverError::NotFound)?;
     from_row(c, &row).await
@@ -131,9 +131,9 @@ pub async fn get_proposal<C: GenericClient>(c: &C, id: ProposalId) -> Result<Sto
 
 /// Locks the proposal row for the rest of the transaction: concurrent approvals and applies of
 /// one proposal run one after the other, so it is never applied twice.
-pub async fn lock_proposal<C: GenericClient>(c: &C, id: ProposalId) -> Result<StoredProposal, ApproverError> {
+pub async fn lock_proposal<C: Sql>(c: &C, id: ProposalId) -> Result<StoredProposal, ApproverError> {
     let row = c
-        .query_opt(&format!("SELECT {COLUMNS} FROM flag_proposals WHERE id = $1 FOR UPDATE"), &[&id.as_uuid()])
+        .fetch_opt(&format!("SELECT {COLUMNS} FROM flag_proposals WHERE id = $1 FOR UPDATE"), &[&id.as_uuid()])
         .await?
         .ok_or(ApproverError::NotFound)?;
     from_row(c, &row).await
@@ -143,14 +143,14 @@ pub async fn lock_proposal<C: GenericClient>(c: &C, id: ProposalId) -> Result<St
 /// ends. SSM has no conditional write, so "read, check not stale, write" must not interleave.
 /// Call it for every flag of a proposal in name order (as [`lock_flags`] does), so two grouped
 /// applies cannot deadlock.
-pub async fn lock_flag<C: GenericClient>(c: &C, env: Environment, flag: &str) -> Result<(), ApproverError> {
+pub async fn lock_flag<C: Sql>(c: &C, env: Environment, flag: &str) -> Result<(), ApproverError> {
     let key = format!("holdfast.flag:{}:{flag}", env.as_str());
-    c.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[&key]).await?;
+    c.run("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[&key]).await?;
     Ok(())
 }
 
 /// [`lock_flag`] for each flag, in name order.
-pub async fn lock_flags<C: GenericClient>(c: &C, env: Environment, flags: &[&str]) -> Result<(), ApproverError> {
+pub async fn lock_flags<C: Sql>(c: &C, env: Environment, flags: &[&str]) -> Result<(), ApproverError> {
     let mut sorted = flags.to_vec();
     sorted.sort_unstable();
     sorted.dedup();
@@ -161,12 +161,12 @@ pub async fn lock_flags<C: GenericClient>(c: &C, env: Environment, flags: &[&str
 }
 
 /// Writes the mutable state back; refuses (ConcurrentUpdate) if the row changed since read.
-pub async fn update_proposal<C: GenericClient>(c: &C, s: &mut StoredProposal) -> Result<(), ApproverError> {
+pub async fn update_proposal<C: Sql>(c: &C, s: &mut StoredProposal) -> Result<(), ApproverError> {
     let p = &s.proposal;
     let approvals: Vec<&str> = p.approvals.iter().map(Actor::as_str).collect();
     let first_version = s.ssm_versions.first().copied().flatten();
     let n = c
-        .execute(
+        .run(
             "UPDATE flag_proposals SET approvals = $2, rejected_by = $3, status = $4, applied_at = $5, \
              ssm_version = $6, last_error = $7, version = version + 1, updated_at = now() \
              WHERE id = $1 AND version = $8",
@@ -187,7 +187,7 @@ pub async fn update_proposal<C: GenericClient>(c: &C, s: &mut StoredProposal) ->
     }
     for (i, v) in s.ssm_versions.iter().enumerate() {
         let position = i16::try_from(i).unwrap_or(i16::MAX);
-        c.execute(
+        c.run(
             "UPDATE flag_proposal_changes SET ssm_version = $3 WHERE proposal_id = $1 AND position = $2 \
              AND ssm_version IS DISTINCT FROM $3",
             &[&p.id.as_uuid(), &position, v],

@@ -4,7 +4,7 @@
 use super::{actor, env_of, AUDIT_MAX_LIMIT};
 use crate::error::ApproverError;
 use chrono::{DateTime, Utc};
-use deadpool_postgres::GenericClient;
+use holdfast_adapters::sql::Sql;
 use holdfast_shared::flags::{Actor, Review};
 use holdfast_shared::ids::ProposalId;
 use tokio_postgres::Row;
@@ -39,8 +39,8 @@ fn review_from_row(row: &Row) -> Result<StoredReview, ApproverError> {
     })
 }
 
-pub async fn insert_review<C: GenericClient>(c: &C, r: &Review, reason: &str) -> Result<(), ApproverError> {
-    c.execute(
+pub async fn insert_review<C: Sql>(c: &C, r: &Review, reason: &str) -> Result<(), ApproverError> {
+    c.run(
         "INSERT INTO flag_reviews (proposal_id, environment, actor, reason, opened_at, due_at) \
          VALUES ($1, $2, $3, $4, $5, $6)",
         &[&r.proposal_id.as_uuid(), &r.env.as_str(), &r.actor.as_str(), &reason, &r.opened_at, &r.due_at],
@@ -49,17 +49,17 @@ pub async fn insert_review<C: GenericClient>(c: &C, r: &Review, reason: &str) ->
     Ok(())
 }
 
-pub async fn get_review<C: GenericClient>(c: &C, id: ProposalId) -> Result<Option<StoredReview>, ApproverError> {
+pub async fn get_review<C: Sql>(c: &C, id: ProposalId) -> Result<Option<StoredReview>, ApproverError> {
     let row = c
-        .query_opt(&format!("SELECT {REVIEW_COLUMNS} FROM flag_reviews WHERE proposal_id = $1"), &[&id.as_uuid()])
+        .fetch_opt(&format!("SELECT {REVIEW_COLUMNS} FROM flag_reviews WHERE proposal_id = $1"), &[&id.as_uuid()])
         .await?;
     row.as_ref().map(review_from_row).transpose()
 }
 
 /// The review row, locked for the rest of the transaction.
-pub async fn lock_review<C: GenericClient>(c: &C, id: ProposalId) -> Result<StoredReview, ApproverError> {
+pub async fn lock_review<C: Sql>(c: &C, id: ProposalId) -> Result<StoredReview, ApproverError> {
     let row = c
-        .query_opt(
+        .fetch_opt(
             &format!("SELECT {REVIEW_COLUMNS} FROM flag_reviews WHERE proposal_id = $1 FOR UPDATE"),
             &[&id.as_uuid()],
         )
@@ -69,8 +69,8 @@ pub async fn lock_review<C: GenericClient>(c: &C, id: ProposalId) -> Result<Stor
 }
 
 /// Records the acknowledgement (the table's trigger refuses any later change).
-pub async fn acknowledge_review<C: GenericClient>(c: &C, r: &StoredReview) -> Result<(), ApproverError> {
-    c.execute(
+pub async fn acknowledge_review<C: Sql>(c: &C, r: &StoredReview) -> Result<(), ApproverError> {
+    c.run(
         "UPDATE flag_reviews SET acknowledged_by = $2, acknowledged_at = $3, acknowledgement = $4 \
          WHERE proposal_id = $1 AND acknowledged_at IS NULL",
         &[
@@ -85,13 +85,9 @@ pub async fn acknowledge_review<C: GenericClient>(c: &C, r: &StoredReview) -> Re
 }
 
 /// Reviews, newest first: only unacknowledged ones when `open_only`.
-pub async fn list_reviews<C: GenericClient>(
-    c: &C,
-    open_only: bool,
-    limit: i64,
-) -> Result<Vec<StoredReview>, ApproverError> {
+pub async fn list_reviews<C: Sql>(c: &C, open_only: bool, limit: i64) -> Result<Vec<StoredReview>, ApproverError> {
     let rows = c
-        .query(
+        .fetch(
             &format!(
                 "SELECT {REVIEW_COLUMNS} FROM flag_reviews WHERE (NOT $1 OR acknowledged_at IS NULL) \
                  ORDER BY opened_at DESC LIMIT $2"
@@ -103,12 +99,9 @@ pub async fn list_reviews<C: GenericClient>(
 }
 
 /// Unacknowledged reviews due at or before `now`, locked (skipping rows another sweep holds).
-pub async fn lock_overdue_reviews<C: GenericClient>(
-    c: &C,
-    now: DateTime<Utc>,
-) -> Result<Vec<StoredReview>, ApproverError> {
+pub async fn lock_overdue_reviews<C: Sql>(c: &C, now: DateTime<Utc>) -> Result<Vec<StoredReview>, ApproverError> {
     let rows = c
-        .query(
+        .fetch(
             &format!(
                 "SELECT {REVIEW_COLUMNS} FROM flag_reviews WHERE acknowledged_at IS NULL AND due_at <= $1 \
                  ORDER BY due_at FOR UPDATE SKIP LOCKED"
@@ -120,12 +113,8 @@ pub async fn lock_overdue_reviews<C: GenericClient>(
 }
 
 /// Marks the first time a review was found overdue.
-pub async fn mark_overdue_recorded<C: GenericClient>(
-    c: &C,
-    id: ProposalId,
-    now: DateTime<Utc>,
-) -> Result<(), ApproverError> {
-    c.execute(
+pub async fn mark_overdue_recorded<C: Sql>(c: &C, id: ProposalId, now: DateTime<Utc>) -> Result<(), ApproverError> {
+    c.run(
         "UPDATE flag_reviews SET overdue_recorded_at = $2 WHERE proposal_id = $1 AND overdue_recorded_at IS NULL \
          AND acknowledged_at IS NULL",
         &[&id.as_uuid(), &now],

@@ -3,98 +3,161 @@
 //! and body for its typed outcome (`problem` maps every error).
 
 mod problem;
+mod telemetry;
+
+pub use telemetry::CORRELATION_HEADER;
 
 use crate::idempotency::Idempotency;
 use crate::outcome::Reply;
 use crate::service::HoldsService;
 use holdfast_adapters::http::{self, Problem};
 use holdfast_adapters::identity;
+use holdfast_adapters::routes::{self, Found, Route};
+use holdfast_adapters::telemetry::Correlation;
 use holdfast_shared::auth::Caller;
 use holdfast_shared::ids::{BookingId, HoldId, RestaurantId};
-use lambda_http::http::{Method, StatusCode};
-use lambda_http::{Body, Request, Response};
+use lambda_http::http::StatusCode;
+use lambda_http::{Body, Request, RequestExt, Response};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::str::FromStr;
+use telemetry::Given;
+use tracing::Instrument;
 
-pub async fn handle(svc: &HoldsService, req: Request) -> Response<Body> {
-    match route(svc, &req).await {
-        Ok(resp) => resp,
-        Err(p) => p.into_response(),
-    }
+/// What a route runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Quote,
+    Hold,
+    ReadHold,
+    ReleaseHold,
+    Confirm,
+    RequestBooking,
+    ReadBooking,
+    ChangeBooking,
+    CancelBooking,
 }
 
-async fn route(svc: &HoldsService, req: &Request) -> Result<Response<Body>, Problem> {
-    let path = req.uri().path().trim_end_matches('/');
-    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    let method = req.method();
-    let known = matches!(
-        segs.as_slice(),
-        ["restaurants", _, "quotes"]
-            | ["holds"]
-            | ["holds", _]
-            | ["holds", _, "confirm"]
-            | ["bookings"]
-            | ["bookings", _]
-            | ["bookings", _, "cancel"]
-    );
+/// Every route of the holds API, spelled as `docs/api/holds.openapi.yaml` spells it (the
+/// contract test compares the two). The router dispatches through this table only.
+pub const ROUTES: &[Route<Op>] = &[
+    Route { method: "POST", path: "/restaurants/{restaurantId}/quotes", op: Op::Quote },
+    Route { method: "POST", path: "/holds", op: Op::Hold },
+    Route { method: "GET", path: "/holds/{holdId}", op: Op::ReadHold },
+    Route { method: "DELETE", path: "/holds/{holdId}", op: Op::ReleaseHold },
+    Route { method: "POST", path: "/holds/{holdId}/confirm", op: Op::Confirm },
+    Route { method: "POST", path: "/bookings", op: Op::RequestBooking },
+    Route { method: "GET", path: "/bookings/{bookingId}", op: Op::ReadBooking },
+    Route { method: "PATCH", path: "/bookings/{bookingId}", op: Op::ChangeBooking },
+    Route { method: "POST", path: "/bookings/{bookingId}/cancel", op: Op::CancelBooking },
+];
+
+/// One request, in its invocation's span (docs/observability.md): every line carries the
+/// request's correlation id, and the answer says it in `X-Correlation-Id`.
+pub async fn handle(svc: &HoldsService, req: Request) -> Response<Body> {
+    let started = std::time::Instant::now();
+    let given = Given::of(&req);
+    let id = given.or_mint();
+    let span = svc.telemetry().invocation(req.lambda_context_ref(), Some(&id));
+    let corr = Correlation::new(id, span.clone());
+    let mut resp = async {
+        let resp = match route(svc, &req, &given, &corr).await {
+            Ok(resp) => resp,
+            Err(p) => p.into_response(),
+        };
+        telemetry::log_request(&req, resp.status(), started);
+        resp
+    }
+    .instrument(span)
+    .await;
+    telemetry::set_header(&mut resp, &corr.id());
+    resp
+}
+
+async fn route(
+    svc: &HoldsService,
+    req: &Request,
+    given: &Given,
+    corr: &Correlation,
+) -> Result<Response<Body>, Problem> {
+    let found = routes::find(ROUTES, req.method(), req.uri().path());
     // Deny by default: every route needs the authorizer's identity (the gateway refuses a
     // request without one first; this is the function checking again).
     let caller = match identity::caller(req) {
         Some(c) => c,
-        None if known => return Err(Problem::new(StatusCode::UNAUTHORIZED, "unauthenticated", "sign in first")),
-        None => return Err(Problem::new(StatusCode::NOT_FOUND, "route_not_found", "no such route")),
+        None if found.is_known_path() => {
+            return Err(Problem::new(StatusCode::UNAUTHORIZED, "unauthenticated", "sign in first"))
+        }
+        None => return Err(no_such_route()),
     };
-    let who = &caller;
-    match segs.as_slice() {
-        ["restaurants", id, "quotes"] if method == Method::POST => {
+    match found {
+        Found::Route(op, params) => {
+            if let Some(refused) = given.problem() {
+                return Err(refused);
+            }
+            dispatch(svc, req, (&caller, corr), op, params.first().copied().unwrap_or("")).await
+        }
+        Found::MethodNotAllowed(allow) => Ok(routes::method_not_allowed(req.method(), &allow)),
+        Found::NotFound => Err(no_such_route()),
+    }
+}
+
+fn no_such_route() -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, "route_not_found", "no such route")
+}
+
+/// Runs `op` for an identified caller; `id` is the route's path parameter (empty if none).
+async fn dispatch(
+    svc: &HoldsService,
+    req: &Request,
+    (who, corr): (&Caller, &Correlation),
+    op: Op,
+    id: &str,
+) -> Result<Response<Body>, Problem> {
+    match op {
+        Op::Quote => {
             let restaurant: RestaurantId = path_id(id, "restaurant_id")?;
             let body = http::parse_json(http::body_bytes(req))?;
-            Ok(ok(StatusCode::OK, &svc.quote(who, restaurant, body).await.map_err(problem::from)?))
+            Ok(ok(StatusCode::OK, &svc.quote(who, restaurant, body, corr).await.map_err(problem::from)?))
         }
-        ["holds"] if method == Method::POST => {
+        Op::Hold => {
             let body = http::parse_json(http::body_bytes(req))?;
             let idem = idempotency(req, who, "POST /holds", StatusCode::CREATED)?;
-            Ok(reply(StatusCode::CREATED, svc.hold(who, body, idem).await.map_err(problem::from)?))
+            Ok(reply(StatusCode::CREATED, svc.hold(who, body, idem, corr).await.map_err(problem::from)?))
         }
-        ["holds", id] if method == Method::GET => {
-            let view = svc.get(who, path_id::<HoldId>(id, "hold_id")?).await.map_err(problem::from)?;
+        Op::ReadHold => {
+            let view = svc.get(who, path_id::<HoldId>(id, "hold_id")?, corr).await.map_err(problem::from)?;
             Ok(ok(StatusCode::OK, &view))
         }
-        ["holds", id] if method == Method::DELETE => {
-            let released = svc.release(who, path_id::<HoldId>(id, "hold_id")?).await.map_err(problem::from)?;
+        Op::ReleaseHold => {
+            let released = svc.release(who, path_id::<HoldId>(id, "hold_id")?, corr).await.map_err(problem::from)?;
             Ok(ok(StatusCode::OK, &released))
         }
-        ["holds", id, "confirm"] if method == Method::POST => {
+        Op::Confirm => {
             let hold: HoldId = path_id(id, "hold_id")?;
             let body = http::parse_json(http::body_bytes(req))?;
             let idem = idempotency(req, who, "POST /holds/{id}/confirm", StatusCode::OK)?;
-            Ok(reply(StatusCode::OK, svc.confirm(who, hold, body, idem).await.map_err(problem::from)?))
+            Ok(reply(StatusCode::OK, svc.confirm(who, hold, body, idem, corr).await.map_err(problem::from)?))
         }
-        ["bookings"] if method == Method::POST => {
+        Op::RequestBooking => {
             let body = http::parse_json(http::body_bytes(req))?;
             let idem = idempotency(req, who, "POST /bookings", StatusCode::CREATED)?;
-            Ok(reply(StatusCode::CREATED, svc.request_booking(who, body, idem).await.map_err(problem::from)?))
+            Ok(reply(StatusCode::CREATED, svc.request_booking(who, body, idem, corr).await.map_err(problem::from)?))
         }
-        ["bookings", id] if method == Method::GET => {
-            let view = svc.booking(who, path_id::<BookingId>(id, "booking_id")?).await.map_err(problem::from)?;
+        Op::ReadBooking => {
+            let view = svc.booking(who, path_id::<BookingId>(id, "booking_id")?, corr).await.map_err(problem::from)?;
             Ok(ok(StatusCode::OK, &view))
         }
-        ["bookings", id] if method == Method::PATCH => {
+        Op::ChangeBooking => {
             let id: BookingId = path_id(id, "booking_id")?;
             let body = http::parse_json(http::body_bytes(req))?;
-            Ok(ok(StatusCode::OK, &svc.change_booking(who, id, body).await.map_err(problem::from)?))
+            Ok(ok(StatusCode::OK, &svc.change_booking(who, id, body, corr).await.map_err(problem::from)?))
         }
-        ["bookings", id, "cancel"] if method == Method::POST => {
+        Op::CancelBooking => {
             let id: BookingId = path_id(id, "booking_id")?;
-            Ok(ok(StatusCode::OK, &svc.cancel_booking(who, id).await.map_err(problem::from)?))
+            let _: crate::dto::CancelBody = http::parse_optional_json(http::body_bytes(req))?;
+            Ok(ok(StatusCode::OK, &svc.cancel_booking(who, id, corr).await.map_err(problem::from)?))
         }
-        _ if known => Err(Problem::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            format!("{method} is not allowed here"),
-        )),
-        _ => Err(Problem::new(StatusCode::NOT_FOUND, "route_not_found", "no such route")),
     }
 }
 
@@ -139,4 +202,25 @@ fn idempotency(
         request_hash: format!("{:x}", h.finalize()),
         success_status: success.as_u16(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lambda_http::http::Method;
+
+    /// Every entry is reachable: its own template (ids filled in) finds it and nothing else.
+    #[test]
+    fn every_route_in_the_table_is_found_by_its_own_path() {
+        for (i, r) in ROUTES.iter().enumerate() {
+            let path = r.path.replace("{restaurantId}", "r1").replace("{holdId}", "h1").replace("{bookingId}", "b1");
+            let method = Method::from_bytes(r.method.as_bytes()).expect("method");
+            // Each template has at most one parameter, always the second segment.
+            let want: Vec<&str> = path.split('/').nth(2).filter(|_| r.path.contains('{')).into_iter().collect();
+            assert_eq!(routes::find(ROUTES, &method, &path), Found::Route(r.op, want), "{} {}", r.method, r.path);
+            let twins = ROUTES.iter().enumerate().filter(|(j, o)| *j != i && o.method == r.method && o.path == r.path);
+            assert_eq!(twins.count(), 0, "{} {} is listed twice", r.method, r.path);
+        }
+        assert_eq!(routes::find(ROUTES, &Method::PUT, "/holds/h1"), Found::MethodNotAllowed("GET, DELETE".into()));
+    }
 }

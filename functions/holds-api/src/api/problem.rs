@@ -1,6 +1,7 @@
 //! The one mapping from [`HoldsError`] to an HTTP problem (status, code, body).
 
 use crate::error::HoldsError;
+use holdfast_adapters::db::DbFault;
 use holdfast_adapters::http::Problem;
 use lambda_http::http::StatusCode;
 use serde_json::json;
@@ -58,6 +59,29 @@ pub(super) fn from(e: HoldsError) -> Problem {
         )
         .retry_after(30),
         HoldsError::Db(f) if f.is_retriable() => Problem::unavailable(),
+        // The parsers name the field first; this is the backstop for a value only the database
+        // refuses. No field is known, and the value is not echoed (it may be PII).
+        HoldsError::Db(DbFault::DataException { .. }) => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            code,
+            "a value in the request is not acceptable (out of range or not storable)",
+        ),
         HoldsError::Db(_) => Problem::new(StatusCode::INTERNAL_SERVER_ERROR, code, "internal error"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_the_database_refuses_is_a_422_naming_no_value() {
+        let refused = || HoldsError::Db(DbFault::DataException { sqlstate: "22021".into() });
+        assert!(!refused().is_fault(), "an answer, not a fault");
+        let p = from(refused());
+        assert_eq!((p.status.as_u16(), p.code, p.field.as_deref()), (422, "invalid_input", None));
+        assert!(!p.message.contains("22021"));
+        let other = from(HoldsError::Db(DbFault::Other("42P01: relation missing".into())));
+        assert_eq!((other.status.as_u16(), other.code), (500, "internal"));
     }
 }

@@ -12,6 +12,7 @@
 //! The log line is counts only: no booking ids, no guest data.
 
 use holdfast_adapters::config::Config;
+use holdfast_adapters::telemetry::{self, FunctionTelemetry};
 use holds_api::bookings::AssignReport;
 use holds_api::HoldsService;
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
@@ -19,6 +20,7 @@ use std::future::Future;
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 /// Jobs claimed per step.
 const BATCH: i64 = 50;
@@ -152,15 +154,17 @@ fn shutdown_signal() -> watch::Receiver<bool> {
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    holdfast_adapters::telemetry::init_json_logs();
+    telemetry::init_lambda_logs();
     let cfg = Config::from_env()?;
     // Once per container: SDK config, SSM-backed flags, the pool (as the holds API).
     let svc = holds_api::build(&cfg).await?;
-    let svc = &svc;
+    let (svc, function) = (&svc, &FunctionTelemetry::new("auto-assigner"));
     let shutdown = shutdown_signal();
     let shutdown = &shutdown;
     run(service_fn(move |ev: LambdaEvent<aws_lambda_events::eventbridge::EventBridgeEvent>| async move {
-        handle(svc, shutdown.clone(), ev.context.deadline()).await
+        // Each job's lines also carry its booking's correlation id (`run_due_assignments`).
+        let span = function.invocation(Some(&ev.context), None);
+        handle(svc, shutdown.clone(), ev.context.deadline()).instrument(span).await
     }))
     .await
 }

@@ -11,11 +11,13 @@ use chrono::Utc;
 use deadpool_postgres::Transaction;
 use holdfast_adapters::db::{constraints, DbFault};
 use holdfast_adapters::outbox;
+use holdfast_adapters::telemetry;
 use holdfast_shared::allocator::PartySize;
 use holdfast_shared::allocator::{QuoteRequest, Selection};
 use holdfast_shared::booking::{after_failure, AfterFailure, AssignFailure};
 use holdfast_shared::email::{BookingStatus, EmailJob, EmailType};
 use holdfast_shared::ids::BookingId;
+use tracing::Instrument;
 
 /// How one attempt ended, with the job's bookkeeping done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,13 +71,15 @@ impl HoldsService {
     pub async fn run_due_assignments(&self, limit: i64) -> Result<AssignReport, HoldsError> {
         let due = store::claim_due(&self.pool.get().await?, limit).await?;
         let mut report = AssignReport { attempted: due.len(), ..AssignReport::default() };
-        for (booking, attempts) in due {
+        for (booking, attempts, correlation) in due {
+            // The attempt's lines carry its booking's correlation id.
+            let span = telemetry::correlated("assignment", correlation.as_ref());
             // One job's fault must not hold back the others claimed with it (their lease would
             // push their retries back a minute): it is counted as retrying, its lease expires.
-            let outcome = match self.assign_attempt(booking, attempts).await {
+            let outcome = match self.assign_attempt(booking, attempts).instrument(span.clone()).await {
                 Ok(o) => o,
                 Err(e) => {
-                    tracing::warn!(code = e.code(), "auto-assign attempt failed; retried after its lease");
+                    tracing::warn!(parent: &span, code = e.code(), "auto-assign attempt failed; retried after its lease");
                     report.retrying += 1;
                     continue;
                 }
@@ -113,7 +117,7 @@ impl HoldsService {
             Err(HoldsError::Invalid { .. }) => return Ok(Attempt::Failed(AssignFailure::Hard("invalid_start"))),
             Err(e) => return Err(e),
         };
-        confirm_with(&tx, &b, &sel, policy.reminder_lead()).await?;
+        telemetry::timed("db.assign_write", confirm_with(&tx, &b, &sel, policy.reminder_lead())).await?;
         tx.commit().await?;
         Ok(Attempt::Confirmed)
     }
@@ -137,7 +141,8 @@ impl HoldsService {
             AfterFailure::GiveUp => {
                 store::record_attempt(&tx, booking, "exhausted", attempts, None, Some(f.code())).await?;
                 if b.status == BookingStatus::Requested {
-                    outbox::enqueue(&tx, &EmailJob::ops_pending_attention(b.restaurant_id, booking), now).await?;
+                    let notice = EmailJob::ops_pending_attention(b.restaurant_id, booking);
+                    outbox::enqueue_correlated(&tx, &notice, now, b.correlation_id.as_ref()).await?;
                 }
             }
         }
@@ -153,11 +158,12 @@ async fn confirm_with(
     sel: &Selection,
     reminder_lead: chrono::Duration,
 ) -> Result<(), DbFault> {
-    store::lock_tables(tx, &sel.table_ids).await?;
+    store::lock_claims(tx, &sel.table_ids, &sel.blocked).await?;
     store::prune_expired(tx, &sel.table_ids, &sel.blocked).await?;
     store::insert_booking_claims(tx, b.restaurant_id, &sel.table_ids, &sel.blocked, b.id).await?;
     let party = sel.party.get() as i16;
     let revision = store::set_booking(tx, b.id, BookingStatus::Confirmed, party, &sel.seated, false).await?;
     store::finish_assignment(tx, b.id).await?;
-    enqueue_confirmation(tx, b.id, EmailType::BookingConfirmed, revision, sel.seated.start(), reminder_lead).await
+    let (kind, at, corr) = (EmailType::BookingConfirmed, sel.seated.start(), b.correlation_id.as_ref());
+    enqueue_confirmation(tx, b.id, kind, revision, at, reminder_lead, corr).await
 }

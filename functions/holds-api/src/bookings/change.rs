@@ -9,6 +9,7 @@ use crate::outcome::BookingView;
 use crate::service::{no_table, resolve_start, HoldsService};
 use crate::store;
 use holdfast_adapters::db::{constraints, DbFault};
+use holdfast_adapters::telemetry::{self, Correlation};
 use holdfast_shared::allocator::QuoteRequest;
 use holdfast_shared::auth::{Action, Caller};
 use holdfast_shared::email::{BookingStatus, EmailType};
@@ -20,6 +21,7 @@ impl HoldsService {
         caller: &Caller,
         id: BookingId,
         body: BookingChangeBody,
+        corr: &Correlation,
     ) -> Result<BookingView, HoldsError> {
         if body.start.is_none() && body.party_size.is_none() {
             return Err(HoldsError::invalid("start", "give a new start, a new party_size, or both"));
@@ -30,6 +32,8 @@ impl HoldsService {
         let tx = c.transaction().await?;
         let b = store::lock_booking(&tx, id).await?.ok_or(HoldsError::NotFound("booking"))?;
         may_act_on(caller, Action::BookingChange, &b)?;
+        corr.adopt(b.correlation_id.as_ref());
+        let correlation = corr.id();
         if b.status != BookingStatus::Confirmed {
             return Err(HoldsError::BookingNotConfirmed { status: view(&b).status });
         }
@@ -47,16 +51,17 @@ impl HoldsService {
         // anything below fails the rollback puts them back.
         store::deactivate_booking_claims(&tx, id).await?;
         let sel = self.quote_now(&tx, b.restaurant_id, &policy, &flags, &req).await?;
-        let written = async {
-            store::lock_tables(&tx, &sel.table_ids).await?;
+        let written = telemetry::timed("db.change_write", async {
+            store::lock_claims(&tx, &sel.table_ids, &sel.blocked).await?;
             store::prune_expired(&tx, &sel.table_ids, &sel.blocked).await?;
             store::insert_booking_claims(&tx, b.restaurant_id, &sel.table_ids, &sel.blocked, id).await?;
             let party = sel.party.get() as i16;
             let rev = store::set_booking(&tx, id, BookingStatus::Confirmed, party, &sel.seated, true).await?;
             let lead = policy.reminder_lead();
-            enqueue_confirmation(&tx, id, EmailType::BookingUpdated, rev, sel.seated.start(), lead).await?;
+            let (kind, at, corr) = (EmailType::BookingUpdated, sel.seated.start(), Some(&correlation));
+            enqueue_confirmation(&tx, id, kind, rev, at, lead, corr).await?;
             Ok::<(), DbFault>(())
-        }
+        })
         .await;
         match written {
             Ok(()) => tx.commit().await?,

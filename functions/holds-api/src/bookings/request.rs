@@ -12,6 +12,7 @@ use crate::service::{may_book_at, resolve_start, HoldsService};
 use crate::store::{self, NewBooking};
 use chrono::{Duration, Utc};
 use holdfast_adapters::outbox;
+use holdfast_adapters::telemetry::Correlation;
 use holdfast_shared::allocator::{QuoteRejection, QuoteRequest};
 use holdfast_shared::auth::{Action, Caller};
 use holdfast_shared::booking::ASSIGN_RETRY_DELAYS;
@@ -25,6 +26,7 @@ impl HoldsService {
         caller: &Caller,
         body: BookingRequestBody,
         idem: Option<Idempotency>,
+        corr: &Correlation,
     ) -> Result<Reply<BookingView>, HoldsError> {
         let restaurant = body.restaurant_id;
         may_book_at(caller, Action::BookingRequest, restaurant)?;
@@ -52,6 +54,7 @@ impl HoldsService {
             .and_then(|end| Window::new(req.start, end).ok())
             .ok_or_else(|| HoldsError::invalid("start", "is outside the range of supported times"))?;
         let id = BookingId::new_random();
+        let correlation = corr.id();
         let now = Utc::now();
         let tx = c.transaction().await?;
         // Requests count against the same hourly limit as confirmations (both make bookings).
@@ -69,6 +72,7 @@ impl HoldsService {
             guest_phone: guest.phone.as_ref().map(|p| p.as_str()),
             guest_notes: guest.notes.as_ref().map(|n| n.as_str()),
             owner: Some(&caller.subject),
+            correlation: Some(&correlation),
         };
         store::insert_booking(&tx, &pending, BookingStatus::Requested).await?;
         // The job is due a little later: if this function dies before its inline attempt, the
@@ -76,7 +80,7 @@ impl HoldsService {
         store::insert_assignment(&tx, id, now + ASSIGN_RETRY_DELAYS[0] + Duration::seconds(5)).await?;
         let delay = flags.request_received_delay_minutes();
         let received = email::request_received(id, now, delay);
-        outbox::enqueue(&tx, &received, received.not_before.unwrap_or(now)).await?;
+        outbox::enqueue_correlated(&tx, &received, received.not_before.unwrap_or(now), Some(&correlation)).await?;
         let first = store::get_booking(&tx, id).await?.ok_or(HoldsError::NotFound("booking"))?;
         idempotency::save(&tx, idem.as_ref(), &view(&first)).await?;
         tx.commit().await?;

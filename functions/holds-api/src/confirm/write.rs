@@ -27,15 +27,17 @@ pub(super) async fn book_held_tables(
     attempt: u8,
 ) -> Result<Confirmed, DbFault> {
     let (row, tables) = (&l.row, &l.row.table_ids);
-    store::lock_tables(tx, tables).await?;
+    store::lock_claims(tx, tables, &l.blocked).await?;
     store::prune_expired(tx, tables, &l.blocked).await?;
     store::deactivate_hold_claims(tx, row.id).await?;
     insert_booking(tx, l, booking, &l.seated, guest).await?;
     store::insert_booking_claims(tx, row.restaurant_id, tables, &l.blocked, booking).await?;
     store::set_hold_confirmed(tx, row.id, booking).await?;
-    outbox::enqueue(tx, &EmailJob::for_booking(EmailType::BookingConfirmed, booking), Utc::now()).await?;
+    let corr = Some(&l.correlation);
+    let confirmed_email = EmailJob::for_booking(EmailType::BookingConfirmed, booking);
+    outbox::enqueue_correlated(tx, &confirmed_email, Utc::now(), corr).await?;
     // A new booking is at revision 1 (V8's default).
-    enqueue_reminder(tx, booking, 1, l.seated.start(), l.policy.reminder_lead()).await?;
+    enqueue_reminder(tx, booking, 1, l.seated.start(), l.policy.reminder_lead(), corr).await?;
     let confirmed = Confirmed {
         booking_id: booking,
         hold_id: row.id,
@@ -67,7 +69,7 @@ pub(super) async fn requote_and_book(
     let row = &l.row;
     let new_hold = HoldId::new_random();
     let snapshot = sel.snapshot_json();
-    store::lock_tables(tx, &sel.table_ids).await?;
+    store::lock_claims(tx, &sel.table_ids, &sel.blocked).await?;
     store::deactivate_hold_claims(tx, row.id).await?;
     store::prune_expired(tx, &sel.table_ids, &sel.blocked).await?;
     insert_booking(tx, l, booking, &sel.seated, guest).await?;
@@ -87,12 +89,15 @@ pub(super) async fn requote_and_book(
         snapshot: &snapshot,
         booking_id: Some(booking),
         owner: row.owner.as_ref(),
+        correlation: Some(&l.correlation),
     };
     store::insert_hold(tx, &replacement).await?;
     store::set_hold_released(tx, row.id, Some(new_hold)).await?;
     store::insert_booking_claims(tx, row.restaurant_id, &sel.table_ids, &sel.blocked, booking).await?;
-    outbox::enqueue(tx, &EmailJob::for_booking(EmailType::BookingConfirmed, booking), Utc::now()).await?;
-    enqueue_reminder(tx, booking, 1, sel.seated.start(), l.policy.reminder_lead()).await?;
+    let corr = Some(&l.correlation);
+    let confirmed_email = EmailJob::for_booking(EmailType::BookingConfirmed, booking);
+    outbox::enqueue_correlated(tx, &confirmed_email, Utc::now(), corr).await?;
+    enqueue_reminder(tx, booking, 1, sel.seated.start(), l.policy.reminder_lead(), corr).await?;
     let confirmed = Confirmed {
         booking_id: booking,
         hold_id: new_hold,
@@ -114,7 +119,7 @@ pub(super) async fn requote_and_book(
 /// same version, and writing it in this transaction means it cannot be lost.
 pub(super) async fn commit(tx: Transaction<'_>, l: &Loaded, drifted: bool) -> Result<(), DbFault> {
     if drifted {
-        outbox::enqueue(&tx, &drift_notice(l), Utc::now()).await?;
+        outbox::enqueue_correlated(&tx, &drift_notice(l), Utc::now(), Some(&l.correlation)).await?;
     }
     tx.commit().await?;
     Ok(())
@@ -137,6 +142,7 @@ async fn insert_booking(
         guest_phone: guest.phone.as_ref().map(|p| p.as_str()),
         guest_notes: guest.notes.as_ref().map(|n| n.as_str()),
         owner: l.row.owner.as_ref(),
+        correlation: Some(&l.correlation),
     };
     store::insert_booking(tx, &b, BookingStatus::Confirmed).await
 }

@@ -1,17 +1,17 @@
 //! `holds`: the hold rows, typed on the way out, and the one-flight hold write.
 
-use super::claims::{LOCK_TABLES_SQL, PRUNE_EXPIRED_SQL};
+use super::claims::{LOCK_CLAIMS_SQL, PRUNE_EXPIRED_SQL};
 use super::{sorted_uuids, uuids};
 use chrono::{DateTime, Utc};
-use deadpool_postgres::GenericClient;
 use holdfast_adapters::db::DbFault;
+use holdfast_adapters::sql::{Param, Sql};
 use holdfast_shared::auth::Subject;
+use holdfast_shared::correlation::CorrelationId;
 use holdfast_shared::events::StrictMode;
 use holdfast_shared::hold::{HoldMetadata, HoldStatus};
 use holdfast_shared::ids::{BookingId, HoldId, RestaurantId, TableId};
 use holdfast_shared::window::Window;
 use serde_json::Value;
-use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 #[derive(Debug, Clone)]
@@ -34,6 +34,8 @@ pub struct HoldRow {
     pub replaced_by: Option<HoldId>,
     /// Who created the hold; `None` for holds written before owners were stored.
     pub owner: Option<Subject>,
+    /// The correlation id its booking will carry; `None` for holds written before V13.
+    pub correlation_id: Option<CorrelationId>,
     /// The database's clock when the row was read: expiry is judged by one clock.
     pub db_now: DateTime<Utc>,
 }
@@ -60,7 +62,8 @@ impl HoldRow {
 }
 
 const HOLD_COLUMNS: &str = "id, restaurant_id, party_size, starts_at, ends_at, lower(blocked), upper(blocked), status,
-     strict_mode, expires_at, policy_version, policy_hash, table_ids, selection_snapshot, booking_id, replaced_by, now(), owner_subject";
+     strict_mode, expires_at, policy_version, policy_hash, table_ids, selection_snapshot, booking_id, replaced_by, now(), owner_subject,
+     correlation_id";
 
 fn hold_from_row(r: &tokio_postgres::Row) -> Result<HoldRow, DbFault> {
     let status: &str = r.get(7);
@@ -68,6 +71,7 @@ fn hold_from_row(r: &tokio_postgres::Row) -> Result<HoldRow, DbFault> {
     let table_ids: Vec<Uuid> = r.get(12);
     let owner: Option<&str> = r.get(17);
     let owner = owner.map(Subject::parse).transpose().map_err(|e| DbFault::Other(format!("stored owner: {e}")))?;
+    let correlation_id = stored_correlation(r.get(18))?;
     Ok(HoldRow {
         id: HoldId(r.get(0)),
         restaurant_id: RestaurantId(r.get(1)),
@@ -87,18 +91,24 @@ fn hold_from_row(r: &tokio_postgres::Row) -> Result<HoldRow, DbFault> {
         replaced_by: r.get::<_, Option<Uuid>>(15).map(HoldId),
         db_now: r.get(16),
         owner,
+        correlation_id,
     })
 }
 
-pub async fn get_hold<C: GenericClient>(c: &C, id: HoldId) -> Result<Option<HoldRow>, DbFault> {
+/// A stored correlation id, typed (the column's CHECK has the parser's shape).
+pub(super) fn stored_correlation(v: Option<&str>) -> Result<Option<CorrelationId>, DbFault> {
+    v.map(CorrelationId::parse).transpose().map_err(|e| DbFault::Other(format!("stored correlation id: {e}")))
+}
+
+pub async fn get_hold<C: Sql>(c: &C, id: HoldId) -> Result<Option<HoldRow>, DbFault> {
     let sql = format!("SELECT {HOLD_COLUMNS} FROM holds WHERE id = $1");
-    c.query_opt(&c.prepare_cached(&sql).await?, &[&id.as_uuid()]).await?.as_ref().map(hold_from_row).transpose()
+    c.fetch_opt(&sql, &[&id.as_uuid()]).await?.as_ref().map(hold_from_row).transpose()
 }
 
 /// Lock the hold for the rest of the transaction (confirm/release of one hold serialise).
-pub async fn lock_hold<C: GenericClient>(c: &C, id: HoldId) -> Result<Option<HoldRow>, DbFault> {
+pub async fn lock_hold<C: Sql>(c: &C, id: HoldId) -> Result<Option<HoldRow>, DbFault> {
     let sql = format!("SELECT {HOLD_COLUMNS} FROM holds WHERE id = $1 FOR UPDATE");
-    c.query_opt(&c.prepare_cached(&sql).await?, &[&id.as_uuid()]).await?.as_ref().map(hold_from_row).transpose()
+    c.fetch_opt(&sql, &[&id.as_uuid()]).await?.as_ref().map(hold_from_row).transpose()
 }
 
 pub struct NewHold<'a> {
@@ -118,25 +128,22 @@ pub struct NewHold<'a> {
     pub snapshot: &'a Value,
     pub booking_id: Option<BookingId>,
     pub owner: Option<&'a Subject>,
+    pub correlation: Option<&'a CorrelationId>,
 }
 
 /// Insert a hold row (no claims); returns its expiry (database clock).
-pub async fn insert_hold<C: GenericClient>(c: &C, h: &NewHold<'_>) -> Result<DateTime<Utc>, DbFault> {
-    let stmt = c
-        .prepare_cached(
-            "INSERT INTO holds (id, restaurant_id, party_size, starts_at, ends_at, blocked, status, strict_mode,
+pub async fn insert_hold<C: Sql>(c: &C, h: &NewHold<'_>) -> Result<DateTime<Utc>, DbFault> {
+    let sql = "INSERT INTO holds (id, restaurant_id, party_size, starts_at, ends_at, blocked, status, strict_mode,
                                 expires_at, policy_version, policy_hash, table_ids, selection_snapshot, booking_id,
-                                owner_subject)
+                                owner_subject, correlation_id)
              VALUES ($1, $2, $3, $4, $5, tstzrange($6, $7, '[)'), $8, $9,
-                     COALESCE($10, now() + make_interval(secs => $11)), $12, $13, $14, $15, $16, $17)
-             RETURNING expires_at",
-        )
-        .await?;
+                     COALESCE($10, now() + make_interval(secs => $11)), $12, $13, $14, $15, $16, $17, $18)
+             RETURNING expires_at";
     let (id, restaurant, tables) = (h.id.as_uuid(), h.restaurant.as_uuid(), uuids(h.table_ids));
     let (status, mode, ttl, booking) =
         (h.status.as_str(), h.strict_mode.as_str(), f64::from(h.ttl_secs), h.booking_id.map(|b| b.as_uuid()));
-    let owner = h.owner.map(Subject::as_str);
-    let params: [&(dyn ToSql + Sync); 17] = [
+    let (owner, correlation) = (h.owner.map(Subject::as_str), h.correlation.map(CorrelationId::as_str));
+    let params: [&dyn Param; 18] = [
         &id,
         &restaurant,
         &h.party_size,
@@ -154,8 +161,9 @@ pub async fn insert_hold<C: GenericClient>(c: &C, h: &NewHold<'_>) -> Result<Dat
         &h.snapshot,
         &booking,
         &owner,
+        &correlation,
     ];
-    Ok(c.query_one(&stmt, &params).await?.get(0))
+    Ok(c.fetch_one(sql, &params).await?.get(0))
 }
 
 /// Serialise one guest's writes at one restaurant (transaction-scoped, so a pooler can
@@ -163,31 +171,30 @@ pub async fn insert_hold<C: GenericClient>(c: &C, h: &NewHold<'_>) -> Result<Dat
 pub(super) const LOCK_GUEST_SQL: &str =
     "SELECT pg_advisory_xact_lock(hashtextextended($1::uuid::text || '|' || $2::text, 0))";
 
-/// The hold write path in one flight: lock the guest, lock the tables (id order), prune expired
-/// holds on them, then insert the hold and its claims in one statement (a data-modifying CTE,
+/// The hold write path in one flight: lock the guest, lock the (table, hour)s the window touches
+/// (key order), prune expired holds on them, then insert the hold and its claims in one statement (a data-modifying CTE,
 /// so the merged selection is still all-or-nothing) unless the guest already has
 /// `max_live_holds` live holds here. The statements are pipelined on the transaction's
-/// connection: prepared first, then sent in order on their first poll, so the server runs them
-/// in exactly the sequential order while the client waits once (BENCHMARKS.md).
+/// connection, each as the unnamed statement (parse, bind and execute in one message: nothing
+/// outlives the transaction, so a pooler may multiplex it), sent in order on their first poll,
+/// so the server runs them in exactly the sequential order while the client waits once
+/// (BENCHMARKS.md).
 /// Returns the hold's expiry (database clock), or `None` when the guest is at the limit.
 /// Errors are reported in statement order.
-pub async fn hold_write<C: GenericClient>(
+pub async fn hold_write<C: Sql>(
     c: &C,
     h: &NewHold<'_>,
     exclusive: bool,
     max_live_holds: u8,
 ) -> Result<Option<DateTime<Utc>>, DbFault> {
-    let (guest, lock, prune, insert) = tokio::try_join!(
-        c.prepare_cached(LOCK_GUEST_SQL),
-        c.prepare_cached(LOCK_TABLES_SQL),
-        c.prepare_cached(PRUNE_EXPIRED_SQL),
-        c.prepare_cached(
-            "WITH h AS (
+    let insert = "WITH h AS (
                INSERT INTO holds (id, restaurant_id, party_size, starts_at, ends_at, blocked, status, strict_mode,
-                                  expires_at, policy_version, policy_hash, table_ids, selection_snapshot, owner_subject)
+                                  expires_at, policy_version, policy_hash, table_ids, selection_snapshot, owner_subject,
+                                  correlation_id)
                SELECT $1::uuid, $2::uuid, $3::smallint, $4::timestamptz, $5::timestamptz,
                       tstzrange($6::timestamptz, $7::timestamptz, '[)'), $8::text, $9::text,
-                      now() + make_interval(secs => $10::float8), $11::int, $12::text, $13::uuid[], $14::jsonb, $17::text
+                      now() + make_interval(secs => $10::float8), $11::int, $12::text, $13::uuid[], $14::jsonb, $17::text,
+                      $19::text
                 WHERE $17::text IS NULL
                    OR (SELECT count(*) FROM holds
                         WHERE restaurant_id = $2 AND owner_subject = $17 AND status = 'held' AND expires_at > now())
@@ -198,9 +205,7 @@ pub async fn hold_write<C: GenericClient>(
                SELECT $2, t, 'hold', h.id, h.blocked, h.expires_at, $15
                  FROM h, unnest($16::uuid[]) WITH ORDINALITY AS u(t, n) ORDER BY n
              )
-             SELECT expires_at FROM h",
-        ),
-    )?;
+             SELECT expires_at FROM h";
     let sorted = sorted_uuids(h.table_ids);
     let tables = uuids(h.table_ids);
     let ttl = f64::from(h.ttl_secs);
@@ -209,11 +214,12 @@ pub async fn hold_write<C: GenericClient>(
     let (id, restaurant, seated_start, seated_end) =
         (h.id.as_uuid(), h.restaurant.as_uuid(), h.seated.start(), h.seated.end());
     let (owner, max) = (h.owner.map(Subject::as_str), i32::from(max_live_holds));
+    let correlation = h.correlation.map(CorrelationId::as_str);
     let guest_key = owner.unwrap_or("");
-    let guest_params: [&(dyn ToSql + Sync); 2] = [&restaurant, &guest_key];
-    let lock_params: [&(dyn ToSql + Sync); 1] = [&sorted];
-    let prune_params: [&(dyn ToSql + Sync); 3] = [&sorted, &blocked_start, &blocked_end];
-    let insert_params: [&(dyn ToSql + Sync); 18] = [
+    let guest_params: [&dyn Param; 2] = [&restaurant, &guest_key];
+    // The claim locks and the prune take the same parameters: the tables and the window.
+    let prune_params: [&dyn Param; 3] = [&sorted, &blocked_start, &blocked_end];
+    let insert_params: [&dyn Param; 19] = [
         &id,
         &restaurant,
         &h.party_size,
@@ -232,14 +238,15 @@ pub async fn hold_write<C: GenericClient>(
         &sorted,
         &owner,
         &max,
+        &correlation,
     ];
     // join!, not try_join!: every response is awaited, then the first error in statement order
     // wins (a later statement only fails with "transaction aborted" because of it).
     let (guest_locked, locked, pruned, inserted) = tokio::join!(
-        c.query(&guest, &guest_params),
-        c.query(&lock, &lock_params),
-        c.execute(&prune, &prune_params),
-        c.query_opt(&insert, &insert_params),
+        c.fetch(LOCK_GUEST_SQL, &guest_params),
+        c.fetch(LOCK_CLAIMS_SQL, &prune_params),
+        c.run(PRUNE_EXPIRED_SQL, &prune_params),
+        c.fetch_opt(insert, &insert_params),
     );
     guest_locked?;
     locked?;
@@ -248,39 +255,25 @@ pub async fn hold_write<C: GenericClient>(
 }
 
 /// Seconds until the guest's earliest live hold here expires (when a new one may be taken).
-pub async fn live_hold_retry_after<C: GenericClient>(
-    c: &C,
-    restaurant: RestaurantId,
-    owner: &Subject,
-) -> Result<u32, DbFault> {
-    let stmt = c
-        .prepare_cached(
-            "SELECT GREATEST(1, ceil(extract(epoch FROM min(expires_at) - now())))::int FROM holds
-              WHERE restaurant_id = $1 AND owner_subject = $2 AND status = 'held' AND expires_at > now()",
-        )
-        .await?;
-    let secs: Option<i32> = c.query_one(&stmt, &[&restaurant.as_uuid(), &owner.as_str()]).await?.get(0);
+pub async fn live_hold_retry_after<C: Sql>(c: &C, restaurant: RestaurantId, owner: &Subject) -> Result<u32, DbFault> {
+    let sql = "SELECT GREATEST(1, ceil(extract(epoch FROM min(expires_at) - now())))::int FROM holds
+              WHERE restaurant_id = $1 AND owner_subject = $2 AND status = 'held' AND expires_at > now()";
+    let secs: Option<i32> = c.fetch_one(sql, &[&restaurant.as_uuid(), &owner.as_str()]).await?.get(0);
     Ok(secs.map_or(1, |s| s.max(1) as u32))
 }
 
-pub async fn set_hold_confirmed<C: GenericClient>(c: &C, hold: HoldId, booking: BookingId) -> Result<(), DbFault> {
-    c.execute(
-        &c.prepare_cached("UPDATE holds SET status = 'confirmed', booking_id = $2, updated_at = now() WHERE id = $1")
-            .await?,
+pub async fn set_hold_confirmed<C: Sql>(c: &C, hold: HoldId, booking: BookingId) -> Result<(), DbFault> {
+    c.run(
+        "UPDATE holds SET status = 'confirmed', booking_id = $2, updated_at = now() WHERE id = $1",
         &[&hold.as_uuid(), &booking.as_uuid()],
     )
     .await?;
     Ok(())
 }
 
-pub async fn set_hold_released<C: GenericClient>(
-    c: &C,
-    hold: HoldId,
-    replaced_by: Option<HoldId>,
-) -> Result<(), DbFault> {
-    c.execute(
-        &c.prepare_cached("UPDATE holds SET status = 'released', replaced_by = $2, updated_at = now() WHERE id = $1")
-            .await?,
+pub async fn set_hold_released<C: Sql>(c: &C, hold: HoldId, replaced_by: Option<HoldId>) -> Result<(), DbFault> {
+    c.run(
+        "UPDATE holds SET status = 'released', replaced_by = $2, updated_at = now() WHERE id = $1",
         &[&hold.as_uuid(), &replaced_by.map(|h| h.as_uuid())],
     )
     .await?;

@@ -10,12 +10,12 @@ mod holds;
 mod idempotency;
 mod policy;
 
-pub use assignments::{claim_due, finish_assignment, insert_assignment, record_attempt};
+pub use assignments::{claim_due, finish_assignment, insert_assignment, record_attempt, DueJob};
 pub use bookings::{
     deactivate_booking_claims, get_booking, insert_booking, lock_booking, recent_confirms, set_booking, BookingRow,
     NewBooking,
 };
-pub use claims::{busy, deactivate_hold_claims, insert_booking_claims, lock_tables, prune_expired, shadow_overlap};
+pub use claims::{busy, deactivate_hold_claims, insert_booking_claims, lock_claims, prune_expired, shadow_overlap};
 pub use holds::{
     get_hold, hold_write, insert_hold, live_hold_retry_after, lock_hold, set_hold_confirmed, set_hold_released,
     HoldRow, NewHold,
