@@ -53,8 +53,9 @@ sample() { # rss_kib fds db_connections
 printf 'round  elapsed_s  rss_MiB  fds  db_conns  result\n'
 declare -a RSS FDS CONNS
 for round in $(seq 1 "$ROUNDS"); do
-  # A different evening each round, so every round competes for free tables.
-  day=$(date -u -d "+$((6 + round)) days" +%Y-%m-%d)
+  # A different, far evening each round (inside the demo policy's 180-day horizon, past the
+  # dates dev rushes use), so every round competes for free tables.
+  day=$(date -u -d "+$((100 + 7 * round + ${SOAK_DAY_OFFSET:-0})) days" +%Y-%m-%d)
   t0=$(date +%s)
   if "$BIN" holds rush --url "http://127.0.0.1:$PORT" --flows "$FLOWS" --start "${day}T19:00:00Z" \
     >"$ROOT/.local/soak-round-$round.txt" 2>&1; then
