@@ -128,6 +128,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     if let Some(field) = hostile_text(&doc, "") {
         return Err(Problem::validation(field, HOSTILE_TEXT));
     }
+    // Every request body is an object. serde's derived structs would also take a JSON array
+    // (fields by position: `[]` is a field-less body, `[2, "…"]` a quote), which no spec allows.
+    if !doc.is_object() {
+        return Err(Problem::validation("body", "must be a JSON object"));
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -440,6 +445,27 @@ mod tests {
             map.append(HeaderName::from_bytes(k.as_bytes()).expect("name"), HeaderValue::from_str(v).expect("value"));
         }
         map
+    }
+
+    /// Found by schemathesis: `POST /bookings/{id}/cancel` with the body `[]` cancelled.
+    #[test]
+    fn a_body_that_is_not_an_object_is_refused_even_where_serde_would_take_it() {
+        #[derive(Debug, Default, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Empty {}
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Quote {
+            party_size: u16,
+            start: String,
+        }
+        for body in ["[]", "[2, \"2030-01-01T19:00:00Z\"]", "2", "\"x\"", "null", "true"] {
+            let e = parse_json::<Quote>(body.as_bytes()).expect_err(body);
+            assert_eq!((e.status, e.field.as_deref()), (StatusCode::UNPROCESSABLE_ENTITY, Some("body")), "{body}");
+            let e = parse_optional_json::<Empty>(body.as_bytes()).expect_err(body);
+            assert_eq!(e.field.as_deref(), Some("body"), "{body}");
+        }
+        assert!(parse_optional_json::<Empty>(b"{}").is_ok() && parse_optional_json::<Empty>(b"").is_ok());
     }
 
     #[test]
