@@ -237,3 +237,46 @@ mod tests {
         assert_eq!(replace_dbname("postgres://u@h:1", "x"), "postgres://u@h:1/x");
     }
 }
+
+/// A test binary's log output, captured in memory: pass [`LogBuffer::writer`] to the
+/// subscriber the test installs, then read what was logged since an offset.
+#[derive(Clone, Copy)]
+pub struct LogBuffer(&'static std::sync::Mutex<Vec<u8>>);
+
+impl LogBuffer {
+    /// A buffer for the whole test binary (subscribers are process-global).
+    pub fn leaked() -> LogBuffer {
+        LogBuffer(Box::leak(Box::new(std::sync::Mutex::new(Vec::new()))))
+    }
+
+    /// A `MakeWriter` for tracing-subscriber: every write appends to the buffer.
+    pub fn writer(self) -> impl Fn() -> LogWriter + Send + Sync + 'static {
+        move || LogWriter(self.0)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// What was logged from byte `from` on (lossy: a test asserts on text).
+    pub fn text_from(&self, from: usize) -> String {
+        let buf = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        String::from_utf8_lossy(&buf[from.min(buf.len())..]).into_owned()
+    }
+}
+
+pub struct LogWriter(&'static std::sync::Mutex<Vec<u8>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

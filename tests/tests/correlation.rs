@@ -32,11 +32,10 @@ use holdfast_shared::events::Source;
 use holdfast_shared::flags::Environment;
 use holdfast_shared::ids::RestaurantId;
 use holdfast_shared::policy::BookingPolicy;
-use holdfast_tests::{api_request, response_json, TestAws, TestDb};
+use holdfast_tests::{api_request, response_json, LogBuffer, TestAws, TestDb};
 use holds_api::HoldsService;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -54,37 +53,24 @@ const PII: &[&str] =
 // ------------------------------------------------------------------------------ log capture
 
 /// Every line this test binary logs, as the functions' subscriber writes them in Lambda.
-fn logs() -> &'static Mutex<Vec<u8>> {
-    static LOGS: OnceLock<&'static Mutex<Vec<u8>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf: &'static Mutex<Vec<u8>> = Box::leak(Box::new(Mutex::new(Vec::new())));
+fn logs() -> LogBuffer {
+    static LOGS: OnceLock<LogBuffer> = OnceLock::new();
+    *LOGS.get_or_init(|| {
+        let buf = LogBuffer::leaked();
         // The template's LoggingConfig: JSON, ApplicationLogLevel INFO.
         let filter = telemetry::env_filter(Some("INFO"), None);
-        let installed = telemetry::subscriber(LogFormat::Json, filter, move || Capture(buf)).try_init();
+        let installed = telemetry::subscriber(LogFormat::Json, filter, buf.writer()).try_init();
         assert!(installed.is_ok(), "the capturing subscriber must be the global one");
         buf
     })
 }
 
-struct Capture(&'static Mutex<Vec<u8>>);
-
-impl Write for Capture {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 fn log_len() -> usize {
-    logs().lock().unwrap_or_else(|p| p.into_inner()).len()
+    logs().len()
 }
 
 fn log_text(from: usize) -> String {
-    let buf = logs().lock().unwrap_or_else(|p| p.into_inner());
-    String::from_utf8_lossy(&buf[from.min(buf.len())..]).into_owned()
+    logs().text_from(from)
 }
 
 /// The lines logged since `from`, each parsed (a line that is not a JSON object fails).

@@ -34,14 +34,13 @@ use holdfast_shared::flags::Environment;
 use holdfast_shared::ids::RestaurantId;
 use holdfast_shared::metrics::MetricDatum;
 use holdfast_shared::policy::BookingPolicy;
-use holdfast_tests::{api_request, response_json, TestAws, TestDb};
+use holdfast_tests::{api_request, response_json, LogBuffer, TestAws, TestDb};
 use holds_api::HoldsService;
 use metrics_aggregator::sinks::{BoxFuture as SinkFuture, Sink, SinkError};
 use metrics_aggregator::{Aggregator, Options};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::{json, Value};
-use std::io::Write;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -51,10 +50,10 @@ const OPS: &str = "ops@holdfast.test";
 // ------------------------------------------------------------------------------ log capture
 
 /// Every log line of this test binary, as the functions' JSON subscriber would write them.
-fn logs() -> &'static Mutex<Vec<u8>> {
-    static LOGS: OnceLock<&'static Mutex<Vec<u8>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf: &'static Mutex<Vec<u8>> = Box::leak(Box::new(Mutex::new(Vec::new())));
+fn logs() -> LogBuffer {
+    static LOGS: OnceLock<LogBuffer> = OnceLock::new();
+    *LOGS.get_or_init(|| {
+        let buf = LogBuffer::leaked();
         // The deployed subscriber (`holdfast_adapters::telemetry::init_lambda_logs`) at DEBUG
         // for every crate (deployed: INFO; RUST_LOG=debug is what an operator would turn on),
         // with span fields included: a superset of what CloudWatch would get.
@@ -65,32 +64,19 @@ fn logs() -> &'static Mutex<Vec<u8>> {
             .with_span_list(true)
             .with_target(true)
             .without_time()
-            .with_writer(move || Capture(buf))
+            .with_writer(buf.writer())
             .try_init();
         assert!(installed.is_ok(), "the capturing subscriber must be the global one");
         buf
     })
 }
 
-struct Capture(&'static Mutex<Vec<u8>>);
-
-impl Write for Capture {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 fn log_text(from: usize) -> String {
-    let buf = logs().lock().unwrap_or_else(|p| p.into_inner());
-    String::from_utf8_lossy(&buf[from.min(buf.len())..]).into_owned()
+    logs().text_from(from)
 }
 
 fn log_len() -> usize {
-    logs().lock().unwrap_or_else(|p| p.into_inner()).len()
+    logs().len()
 }
 
 // ------------------------------------------------------------------------------ guest values
