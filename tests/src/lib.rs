@@ -280,3 +280,34 @@ impl std::io::Write for LogWriter {
         Ok(())
     }
 }
+
+/// The email tests' world: a fresh database, an email queue and its DLQ on the emulator, and
+/// one restaurant to hang bookings on.
+pub struct EmailFixture {
+    pub db: TestDb,
+    pub aws: TestAws,
+    pub sqs: aws_sdk_sqs::Client,
+    pub pair: email_sender::sqs::QueuePair,
+    pub region: String,
+    pub restaurant: holdfast_shared::ids::RestaurantId,
+}
+
+impl EmailFixture {
+    pub async fn new(restaurant_name: &str, visibility_seconds: u32) -> EmailFixture {
+        use holdfast_adapters::sql::Sql;
+        let db = TestDb::new().await;
+        let aws = TestAws::new().await;
+        let sqs = aws_sdk_sqs::Client::new(&aws.sdk);
+        let pair =
+            email_sender::sqs::create_queue_pair(&sqs, &aws.name("email"), &aws.name("email-dlq"), visibility_seconds)
+                .await
+                .expect("queues");
+        let region = aws.sdk.region().map(|r| r.to_string()).unwrap_or_else(|| "eu-west-1".into());
+        let restaurant = holdfast_shared::ids::RestaurantId::new_random();
+        let c = db.pool.get().await.expect("conn");
+        c.run("INSERT INTO restaurants (id, name) VALUES ($1, $2)", &[&restaurant.as_uuid(), &restaurant_name])
+            .await
+            .expect("restaurant");
+        EmailFixture { db, aws, sqs, pair, region, restaurant }
+    }
+}

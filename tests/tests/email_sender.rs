@@ -9,13 +9,13 @@ use email_sender::clock::{Clock, ManualClock, SystemClock};
 use email_sender::handler::{EmailSender, Settings};
 use email_sender::provider::{EmailProvider, OutgoingEmail, Receipt, ResendProvider, SendError, SesProvider};
 use email_sender::relay::OutboxRelay;
-use email_sender::sqs::{self as q, QueuePair};
+use email_sender::sqs as q;
 use email_sender::store::SendStore;
 use futures::future::BoxFuture;
 use holdfast_adapters::sql::Sql;
 use holdfast_shared::email::{Backoff, EmailJob, EmailType};
-use holdfast_shared::ids::{BookingId, RestaurantId};
-use holdfast_tests::{http_get, wait_for, TestAws, TestDb};
+use holdfast_shared::ids::BookingId;
+use holdfast_tests::{http_get, wait_for, EmailFixture, TestAws};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -70,29 +70,19 @@ impl EmailProvider for ScriptedProvider {
     }
 }
 
-struct H {
-    db: TestDb,
-    aws: TestAws,
-    sqs: aws_sdk_sqs::Client,
-    pair: QueuePair,
-    region: String,
-    restaurant: RestaurantId,
+/// The shared email fixture; this file's helpers hang off it.
+struct H(EmailFixture);
+
+impl std::ops::Deref for H {
+    type Target = EmailFixture;
+    fn deref(&self) -> &EmailFixture {
+        &self.0
+    }
 }
 
 impl H {
     async fn new() -> H {
-        let db = TestDb::new().await;
-        let aws = TestAws::new().await;
-        let sqs = aws_sdk_sqs::Client::new(&aws.sdk);
-        let pair =
-            q::create_queue_pair(&sqs, &aws.name("email"), &aws.name("email-dlq"), VISIBILITY).await.expect("queues");
-        let region = aws.sdk.region().map(|r| r.to_string()).unwrap_or_else(|| "eu-west-1".into());
-        let restaurant = RestaurantId::new_random();
-        let c = db.pool.get().await.expect("conn");
-        c.run("INSERT INTO restaurants (id, name) VALUES ($1, 'Chez Test')", &[&restaurant.as_uuid()])
-            .await
-            .expect("restaurant");
-        H { db, aws, sqs, pair, region, restaurant }
+        H(EmailFixture::new("Chez Test", VISIBILITY).await)
     }
 
     async fn booking(&self, status: &str, email: &str) -> BookingId {

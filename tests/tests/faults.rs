@@ -23,7 +23,7 @@ use email_sender::error::EmailError;
 use email_sender::handler::{EmailSender, Settings};
 use email_sender::provider::{ApiKey, EmailProvider, OutgoingEmail, Receipt, ResendProvider, SendError, SesProvider};
 use email_sender::relay::OutboxRelay;
-use email_sender::sqs::{self as q, QueuePair};
+use email_sender::sqs as q;
 use email_sender::store::SendStore;
 use futures::future::BoxFuture;
 use holdfast_adapters::flags::FlagLoader;
@@ -31,7 +31,7 @@ use holdfast_adapters::sql::{Param, Sql};
 use holdfast_shared::email::{Backoff, EmailJob, EmailType};
 use holdfast_shared::ids::{BookingId, RestaurantId};
 use holdfast_shared::policy::BookingPolicy;
-use holdfast_tests::{api_request, http_get, response_json, wait_for, TestAws, TestDb};
+use holdfast_tests::{api_request, http_get, response_json, wait_for, EmailFixture, TestAws, TestDb};
 use holds_api::HoldsService;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -633,29 +633,19 @@ impl EmailProvider for Counting {
     }
 }
 
-struct E {
-    db: TestDb,
-    aws: TestAws,
-    sqs: aws_sdk_sqs::Client,
-    pair: QueuePair,
-    region: String,
-    restaurant: RestaurantId,
+/// The shared email fixture; this file's helpers hang off it.
+struct E(EmailFixture);
+
+impl std::ops::Deref for E {
+    type Target = EmailFixture;
+    fn deref(&self) -> &EmailFixture {
+        &self.0
+    }
 }
 
 impl E {
     async fn new() -> E {
-        let db = TestDb::new().await;
-        let aws = TestAws::new().await;
-        let sqs = aws_sdk_sqs::Client::new(&aws.sdk);
-        let pair =
-            q::create_queue_pair(&sqs, &aws.name("email"), &aws.name("email-dlq"), VISIBILITY).await.expect("queues");
-        let region = aws.sdk.region().map(|r| r.to_string()).unwrap_or_else(|| "eu-west-1".into());
-        let restaurant = RestaurantId::new_random();
-        let c = db.pool.get().await.expect("conn");
-        c.run("INSERT INTO restaurants (id, name) VALUES ($1, 'Chez Faute')", &[&restaurant.as_uuid()])
-            .await
-            .expect("restaurant");
-        E { db, aws, sqs, pair, region, restaurant }
+        E(EmailFixture::new("Chez Faute", VISIBILITY).await)
     }
 
     async fn booking(&self, email: &str) -> BookingId {
